@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod frozen;
 pub mod layer;
+pub mod merge;
 pub mod peft;
 pub mod quant;
 

@@ -176,9 +176,12 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<AdapterTensors> {
     let mut b: BTreeMap<String, Tensor> = BTreeMap::new();
     for (key, t) in tensors {
         let module_key = key.strip_prefix(KEY_PREFIX).unwrap_or(&key);
-        let (module, which) = if let Some(m) = strip_any(module_key, &[".lora_A.weight", ".lora_A.default.weight"]) {
+        let (module, which) = if let Some(m) =
+            strip_any(module_key, &[".lora_A.weight", ".lora_A.default.weight"])
+        {
             (m, &mut a)
-        } else if let Some(m) = strip_any(module_key, &[".lora_B.weight", ".lora_B.default.weight"]) {
+        } else if let Some(m) = strip_any(module_key, &[".lora_B.weight", ".lora_B.default.weight"])
+        {
             (m, &mut b)
         } else {
             return Err(LoraError::adapter(
@@ -190,9 +193,9 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<AdapterTensors> {
     }
     let mut out = AdapterTensors::new();
     for (module, ta) in a {
-        let tb = b.remove(&module).ok_or_else(|| {
-            LoraError::adapter(&path, format!("{module}: lora_A without lora_B"))
-        })?;
+        let tb = b
+            .remove(&module)
+            .ok_or_else(|| LoraError::adapter(&path, format!("{module}: lora_A without lora_B")))?;
         let (r, _) = ta.dims2()?;
         let (_, rb) = tb.dims2()?;
         if r != rb {
@@ -204,7 +207,10 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<AdapterTensors> {
         out.insert(module, (ta, tb));
     }
     if let Some(module) = b.keys().next() {
-        return Err(LoraError::adapter(&path, format!("{module}: lora_B without lora_A")));
+        return Err(LoraError::adapter(
+            &path,
+            format!("{module}: lora_B without lora_A"),
+        ));
     }
     Ok(out)
 }
@@ -238,8 +244,14 @@ pub fn write_adapter(
     };
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for (module, (a, b)) in tensors {
-        named.push((format!("{KEY_PREFIX}{module}.lora_A.weight"), a.to_dtype(dt)?.to_device(&Device::Cpu)?));
-        named.push((format!("{KEY_PREFIX}{module}.lora_B.weight"), b.to_dtype(dt)?.to_device(&Device::Cpu)?));
+        named.push((
+            format!("{KEY_PREFIX}{module}.lora_A.weight"),
+            a.to_dtype(dt)?.to_device(&Device::Cpu)?,
+        ));
+        named.push((
+            format!("{KEY_PREFIX}{module}.lora_B.weight"),
+            b.to_dtype(dt)?.to_device(&Device::Cpu)?,
+        ));
     }
     let weights_path = dir.join(WEIGHTS_FILE);
     let mut metadata = std::collections::HashMap::new();
@@ -266,14 +278,25 @@ impl TensorBytes {
         let (dtype, data) = match t.dtype() {
             DType::F32 => (
                 safetensors::Dtype::F32,
-                t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
             ),
             DType::BF16 => (
                 safetensors::Dtype::BF16,
-                t.flatten_all()?.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.flatten_all()?
+                    .to_vec1::<half::bf16>()?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
             ),
             other => {
-                return Err(LoraError::config("dtype", format!("cannot save {other:?} adapters")));
+                return Err(LoraError::config(
+                    "dtype",
+                    format!("cannot save {other:?} adapters"),
+                ));
             }
         };
         Ok(Self {
@@ -299,6 +322,317 @@ impl safetensors::View for TensorBytes {
     }
 }
 
+/// File name of the model card.
+pub const CARD_FILE: &str = "README.md";
+
+/// How an adapter was trained, as its model card records it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recipe {
+    /// The objective (`rdro`, `ddro`, `kto`, `dpo`).
+    pub objective: String,
+    /// The objective's alpha as used (a number, or e.g. `auto (0.37)`).
+    pub alpha: String,
+    /// The training data (file, Hub data set and split, ...).
+    pub data: String,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Further settings worth recording (`("batch size", "8")`, ...), in display order.
+    pub extra: Vec<(String, String)>,
+}
+
+/// Everything a model card says beyond what `adapter_config.json` holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelCard {
+    /// The base model as the user named it. A Hub id (`owner/name`) goes into the front matter's
+    /// `base_model`; a local path is only mentioned in the body (the Hub accepts Hub ids only).
+    pub base_model: Option<String>,
+    /// The training recipe.
+    pub recipe: Recipe,
+    /// Final metrics `(name, value)`, in display order.
+    pub metrics: Vec<(String, f64)>,
+    /// Tags added to the fixed ones (`rdro`, `lora`, `peft`, `transformers`).
+    pub tags: Vec<String>,
+}
+
+/// True when `s` has the shape of a Hugging Face Hub id: `owner/name` made of ASCII letters,
+/// digits, `-`, `_` and `.`, neither part starting with `.`.
+pub fn is_hub_id(s: &str) -> bool {
+    let mut parts = s.split('/');
+    let (Some(owner), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let valid = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with('.')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    valid(owner) && valid(name)
+}
+
+/// A YAML scalar: plain when unambiguous, else a double-quoted (JSON) string.
+fn yaml_scalar(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'))
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "null" | "on" | "off"
+        )
+        && s.parse::<f64>().is_err();
+    if plain {
+        s.to_string()
+    } else {
+        serde_json::Value::String(s.to_string()).to_string()
+    }
+}
+
+/// Text for one Markdown table cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn number(v: f64) -> String {
+    if v == 0.0 || (1e-4..1e6).contains(&v.abs()) {
+        let s = format!("{v:.6}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        s.to_string()
+    } else {
+        format!("{v:e}")
+    }
+}
+
+/// The model card (`README.md`) of an adapter: Hub front matter (`library_name: peft`,
+/// `base_model`, tags including `rdro` and `lora`, `pipeline_tag: text-generation`) and a body
+/// with the LoRA settings, the training recipe and the final metrics.
+pub fn render_model_card(config: &AdapterConfig, card: &ModelCard) -> String {
+    let base = card
+        .base_model
+        .clone()
+        .or_else(|| config.base_model_name_or_path.clone())
+        .filter(|b| !b.is_empty());
+    let hub_base = base.as_deref().filter(|b| is_hub_id(b));
+    let mut tags: Vec<String> = Vec::new();
+    if let Some(b) = hub_base {
+        tags.push(format!("base_model:adapter:{b}"));
+    }
+    for t in ["lora", "peft", "rdro", "transformers"] {
+        tags.push(t.to_string());
+    }
+    if !card.recipe.objective.is_empty() && card.recipe.objective != "rdro" {
+        tags.push(card.recipe.objective.clone());
+    }
+    for t in &card.tags {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+
+    let mut out = String::from("---\n");
+    if let Some(b) = hub_base {
+        out += &format!("base_model: {}\n", yaml_scalar(b));
+    }
+    out += "library_name: peft\npipeline_tag: text-generation\ntags:\n";
+    for t in &tags {
+        out += &format!("- {}\n", yaml_scalar(t));
+    }
+    out += "---\n\n";
+
+    let title_base = base.as_deref().unwrap_or("a Llama-family base model");
+    out += &format!("# LoRA adapter for {title_base}\n\n");
+    out += "A LoRA adapter in PEFT format, trained with rdro (preference alignment by Relative \
+            Density Ratio Optimization and related objectives).\n\n";
+
+    let r = &card.recipe;
+    out += "## Training recipe\n\n| setting | value |\n|---|---|\n";
+    let mut rows: Vec<(String, String)> = vec![
+        ("objective".into(), r.objective.clone()),
+        ("alpha".into(), r.alpha.clone()),
+        ("data".into(), r.data.clone()),
+        ("steps".into(), r.steps.to_string()),
+        ("learning rate".into(), number(r.learning_rate)),
+    ];
+    if let Some(b) = &base {
+        rows.push(("base model".into(), b.clone()));
+    }
+    let targets = match &config.target_modules {
+        TargetModules::AllLinear(s) => s.clone(),
+        TargetModules::List(l) => l.join(", "),
+    };
+    rows.push((
+        "LoRA".into(),
+        format!(
+            "r {}, alpha {}, dropout {}, rsLoRA {}",
+            config.r,
+            number(config.lora_alpha),
+            number(config.lora_dropout),
+            if config.use_rslora { "yes" } else { "no" }
+        ),
+    ));
+    rows.push(("target modules".into(), targets));
+    rows.extend(r.extra.iter().cloned());
+    for (k, v) in rows {
+        out += &format!("| {} | {} |\n", cell(&k), cell(&v));
+    }
+
+    out += "\n## Final metrics\n\n";
+    if card.metrics.is_empty() {
+        out += "No metrics were recorded.\n";
+    } else {
+        out += "| metric | value |\n|---|---|\n";
+        for (k, v) in &card.metrics {
+            out += &format!("| {} | {} |\n", cell(k), number(*v));
+        }
+    }
+
+    let load_base = hub_base.unwrap_or("BASE_MODEL");
+    out += &format!(
+        "\n## Usage\n\n```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n\
+         base = AutoModelForCausalLM.from_pretrained(\"{load_base}\")\n\
+         model = PeftModel.from_pretrained(base, \"path/or/hub-id/of/this/adapter\")\n```\n\n\
+         The adapter also loads in vLLM and mistral.rs (PEFT LoRA format), and `rdro merge` folds it into \
+         the base weights.\n"
+    );
+    out
+}
+
+/// Writes `dir/README.md` (see [`render_model_card`]).
+pub fn write_model_card(dir: &Path, config: &AdapterConfig, card: &ModelCard) -> Result<()> {
+    let path = dir.join(CARD_FILE);
+    std::fs::write(&path, render_model_card(config, card))
+        .map_err(|source| LoraError::Io { path, source })
+}
+
+/// Writes a complete adapter folder (config, weights and, when given, the model card) so that
+/// `dir` either appears complete or not at all: everything goes into a fresh sibling folder
+/// `<dir>.tmp-XXXXXXXX` first, which is then renamed (see [`write_dir_atomically`]).
+pub fn save_adapter(
+    dir: &Path,
+    config: &AdapterConfig,
+    tensors: &AdapterTensors,
+    dtype: SaveDType,
+    card: Option<&ModelCard>,
+    replace: bool,
+) -> Result<()> {
+    write_dir_atomically(dir, replace, |tmp| {
+        write_adapter(tmp, config, tensors, dtype)?;
+        if let Some(card) = card {
+            write_model_card(tmp, config, card)?;
+        }
+        Ok::<(), LoraError>(())
+    })
+}
+
+/// Removes a temporary folder when dropped, unless disarmed.
+struct TempDirGuard(Option<PathBuf>);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Fills a folder atomically: `build` writes into a new sibling folder `<dir>.tmp-XXXXXXXX`, which
+/// is renamed to `dir` only when `build` succeeds. On error (or panic) the temporary folder is
+/// removed, so a failure leaves nothing half-written.
+///
+/// An existing empty `dir` is replaced. An existing non-empty `dir` is an error unless `replace`
+/// is true; then the old folder is moved aside, the new one renamed in, and the old one removed.
+pub fn write_dir_atomically<E: From<LoraError>>(
+    dir: &Path,
+    replace: bool,
+    build: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoraError::Io { path, source }
+    };
+    let name = dir
+        .file_name()
+        .ok_or_else(|| {
+            LoraError::adapter(
+                dir,
+                "not a folder name (expected a path ending in a folder name)",
+            )
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    if dir.exists() && !dir.is_dir() {
+        return Err(LoraError::adapter(dir, "exists and is not a folder").into());
+    }
+    let existing_non_empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            return Err(LoraError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            }
+            .into())
+        }
+    };
+    if existing_non_empty && !replace {
+        return Err(LoraError::adapter(
+            dir,
+            "already exists and is not empty; choose a new folder or remove this one first",
+        )
+        .into());
+    }
+
+    let make_sibling = |tag: &str| -> std::result::Result<PathBuf, LoraError> {
+        loop {
+            let candidate = parent.join(format!("{name}.{tag}-{:08x}", rand::random::<u32>()));
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => return Ok(candidate),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(LoraError::Io {
+                        path: candidate,
+                        source: e,
+                    })
+                }
+            }
+        }
+    };
+    let tmp = make_sibling("tmp")?;
+    let mut guard = TempDirGuard(Some(tmp.clone()));
+    build(&tmp)?;
+
+    if dir.exists() {
+        if existing_non_empty {
+            let old = make_sibling("old")?;
+            std::fs::remove_dir(&old).map_err(io(&old))?;
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                let _ = std::fs::rename(&old, dir);
+                return Err(LoraError::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                }
+                .into());
+            }
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::remove_dir(dir).map_err(io(dir))?;
+            std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        }
+    } else {
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    }
+    guard.0 = None;
+    Ok(())
+}
+
 fn strip_any<'a>(s: &'a str, suffixes: &[&str]) -> Option<&'a str> {
     suffixes.iter().find_map(|suf| s.strip_suffix(suf))
 }
@@ -309,23 +643,178 @@ mod tests {
 
     #[test]
     fn round_trip_and_metadata() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|source| LoraError::Io { path: "tmp".into(), source })?;
+        let dir = tempfile::tempdir().map_err(|source| LoraError::Io {
+            path: "tmp".into(),
+            source,
+        })?;
         let dev = Device::Cpu;
         let mut tensors = AdapterTensors::new();
         tensors.insert(
             "model.layers.0.self_attn.q_proj".into(),
-            (Tensor::ones((2, 4), DType::F32, &dev)?, Tensor::zeros((3, 2), DType::F32, &dev)?),
+            (
+                Tensor::ones((2, 4), DType::F32, &dev)?,
+                Tensor::zeros((3, 2), DType::F32, &dev)?,
+            ),
         );
-        let cfg = AdapterConfig::from_lora(&LoraConfig { r: 2, ..Default::default() }, Some("base".into()));
+        let cfg = AdapterConfig::from_lora(
+            &LoraConfig {
+                r: 2,
+                ..Default::default()
+            },
+            Some("base".into()),
+        );
         write_adapter(dir.path(), &cfg, &tensors, SaveDType::F32)?;
         let back = read_weights(dir.path(), &dev)?;
         assert_eq!(back.len(), 1);
         let bytes = std::fs::read(dir.path().join(WEIGHTS_FILE)).expect("file");
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
-        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
         let cfg2 = AdapterConfig::read(dir.path())?;
         assert_eq!(cfg2.r, 2);
         Ok(())
+    }
+
+    fn card_config() -> AdapterConfig {
+        let lora = LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            target_modules: TargetModules::List(vec!["q_proj".into(), "v_proj".into()]),
+            use_rslora: false,
+        };
+        AdapterConfig::from_lora(&lora, Some("Qwen/Qwen2.5-0.5B-Instruct".into()))
+    }
+
+    fn card() -> ModelCard {
+        ModelCard {
+            base_model: None,
+            recipe: Recipe {
+                objective: "rdro".into(),
+                alpha: "0.4".into(),
+                data: "trl-lib/ultrafeedback | train".into(),
+                steps: 300,
+                learning_rate: 1e-4,
+                extra: vec![("batch size".into(), "8".into())],
+            },
+            metrics: vec![("eval/loss".into(), 0.6931), ("reward_margin".into(), 1.25)],
+            tags: vec!["preference-alignment".into()],
+        }
+    }
+
+    #[test]
+    fn model_card_front_matter_and_body() {
+        let text = render_model_card(&card_config(), &card());
+        let (front, body) = text
+            .strip_prefix("---\n")
+            .and_then(|t| t.split_once("\n---\n"))
+            .expect("front matter delimited by ---");
+        let lines: Vec<&str> = front.lines().collect();
+        assert!(
+            lines.contains(&"base_model: Qwen/Qwen2.5-0.5B-Instruct"),
+            "{front}"
+        );
+        assert!(lines.contains(&"library_name: peft"), "{front}");
+        assert!(lines.contains(&"pipeline_tag: text-generation"), "{front}");
+        for tag in [
+            "- rdro",
+            "- lora",
+            "- peft",
+            "- preference-alignment",
+            "- base_model:adapter:Qwen/Qwen2.5-0.5B-Instruct",
+        ] {
+            assert!(lines.contains(&tag), "missing {tag}: {front}");
+        }
+        for row in [
+            "| objective | rdro |",
+            "| alpha | 0.4 |",
+            "| data | trl-lib/ultrafeedback \\| train |",
+            "| steps | 300 |",
+            "| learning rate | 0.0001 |",
+            "| batch size | 8 |",
+            "| target modules | q_proj, v_proj |",
+            "| eval/loss | 0.6931 |",
+            "| reward_margin | 1.25 |",
+        ] {
+            assert!(body.contains(row), "missing {row:?} in\n{body}");
+        }
+    }
+
+    #[test]
+    fn model_card_keeps_local_paths_out_of_front_matter() {
+        let mut cfg = card_config();
+        cfg.base_model_name_or_path = Some("/models/my base".into());
+        let text = render_model_card(&cfg, &card());
+        let front = text.split("\n---\n").next().unwrap();
+        assert!(!front.contains("base_model:"), "{front}");
+        assert!(text.contains("| base model | /models/my base |"), "{text}");
+        assert_eq!(yaml_scalar("true"), "\"true\"");
+        assert_eq!(yaml_scalar("a: b"), "\"a: b\"");
+        assert_eq!(yaml_scalar("owner/name-1.5B"), "owner/name-1.5B");
+    }
+
+    #[test]
+    fn atomic_folder_write_leaves_nothing_on_failure() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dir = root.path().join("adapter");
+        let err = write_dir_atomically(&dir, false, |tmp| {
+            std::fs::write(tmp.join("half.bin"), b"x").expect("write");
+            Err(LoraError::adapter(tmp, "simulated failure"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("simulated failure"));
+        assert_eq!(
+            std::fs::read_dir(root.path()).expect("list").count(),
+            0,
+            "left-overs after a failure"
+        );
+
+        let dev = Device::Cpu;
+        let mut tensors = AdapterTensors::new();
+        tensors.insert(
+            "model.layers.0.self_attn.v_proj".into(),
+            (
+                Tensor::ones((8, 4), DType::F32, &dev).unwrap(),
+                Tensor::ones((6, 8), DType::F32, &dev).unwrap(),
+            ),
+        );
+        save_adapter(
+            &dir,
+            &card_config(),
+            &tensors,
+            SaveDType::Bf16,
+            Some(&card()),
+            false,
+        )
+        .expect("save");
+        for f in [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE] {
+            assert!(dir.join(f).is_file(), "{f}");
+        }
+        // A non-empty folder is kept unless replacing is asked for.
+        let e =
+            save_adapter(&dir, &card_config(), &tensors, SaveDType::F32, None, false).unwrap_err();
+        assert!(e.to_string().contains("not empty"), "{e}");
+        save_adapter(&dir, &card_config(), &tensors, SaveDType::F32, None, true).expect("replace");
+        assert!(!dir.join(CARD_FILE).exists());
+        let names: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["adapter".to_string()]);
+    }
+
+    #[test]
+    fn hub_ids() {
+        assert!(is_hub_id("Qwen/Qwen2.5-0.5B"));
+        assert!(!is_hub_id("tests/fixtures/models/llama31"));
+        assert!(!is_hub_id("/abs/path"));
+        assert!(!is_hub_id("single"));
+        assert!(!is_hub_id("./x"));
     }
 
     #[test]

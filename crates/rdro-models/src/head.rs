@@ -46,7 +46,10 @@ impl TokenLogProbs {
 
 /// `log softmax(h Wᵀ)[target]` for each row of `hidden [n, H]`, with `W [V, H]` frozen.
 ///
-/// `chunk_rows` bounds how many rows' logits are alive at a time.
+/// `chunk_rows` bounds how many rows' logits are alive at a time. When `hidden` is tracked, the
+/// per-row Jacobian `d logp / d h = W[target] − softmax(h Wᵀ) W` (`[n, H]`, small) is computed
+/// while each chunk's logits are alive, so the backward is a mere scaling and the vocabulary
+/// projection never runs twice.
 pub fn target_log_probs(
     hidden: &Tensor,
     weight: &FrozenWeight,
@@ -58,43 +61,43 @@ pub fn target_log_probs(
     let targets = Tensor::from_vec(targets.to_vec(), n, &device)?;
     let w = weight.materialize(DType::F32, &device)?;
     let h = hidden.detach().to_dtype(DType::F32)?;
-    let mut out = Vec::new();
+    let training = hidden.track_op();
+    let mut values = Vec::new();
+    let mut jacobians = Vec::new();
     for (start, len) in chunks(n, chunk_rows) {
         let logits = h.narrow(0, start, len)?.matmul(&w.t()?)?;
         let t = targets.narrow(0, start, len)?;
         let target_logit = logits.gather(&t.unsqueeze(1)?, 1)?.squeeze(1)?;
-        out.push((target_logit - logsumexp(&logits)?)?);
+        let max = logits.max_keepdim(D::Minus1)?;
+        let exp = logits.broadcast_sub(&max)?.exp()?;
+        drop(logits);
+        let sum = exp.sum_keepdim(D::Minus1)?;
+        let lse = (sum.log()? + &max)?.squeeze(D::Minus1)?;
+        values.push((target_logit - lse)?);
+        if training {
+            let probs = exp.broadcast_div(&sum)?;
+            drop(exp);
+            jacobians.push((w.index_select(&t, 0)? - probs.matmul(&w)?)?);
+        }
     }
-    let values = if out.is_empty() {
+    let values = if values.is_empty() {
         Tensor::zeros(0, DType::F32, &device)?
     } else {
-        Tensor::cat(&out, 0)?
+        Tensor::cat(&values, 0)?
     };
-    drop(w);
-    let weight = weight.clone();
+    if !training {
+        return Ok(values);
+    }
+    let jacobian = if jacobians.is_empty() {
+        Tensor::zeros((0, h.dim(1)?), DType::F32, &device)?
+    } else {
+        Tensor::cat(&jacobians, 0)?
+    };
     attach_backward("target-log-probs", hidden, values, move |hidden, _, g| {
-        // d logp / d h = W[target] − softmax(h Wᵀ) W, scaled by the incoming gradient.
-        let w = weight.materialize(DType::F32, &device)?;
-        let h = hidden.to_dtype(DType::F32)?;
-        let g = g.to_dtype(DType::F32)?;
-        let mut grads = Vec::new();
-        for (start, len) in chunks(n, chunk_rows) {
-            let hc = h.narrow(0, start, len)?;
-            let gc = g.narrow(0, start, len)?.unsqueeze(1)?;
-            let logits = hc.matmul(&w.t()?)?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-            let t = targets.narrow(0, start, len)?;
-            let picked = w.index_select(&t, 0)?;
-            grads.push((picked.broadcast_mul(&gc)? - probs.broadcast_mul(&gc)?.matmul(&w)?)?);
-        }
-        Tensor::cat(&grads, 0)?.to_dtype(hidden.dtype())
+        jacobian
+            .broadcast_mul(&g.to_dtype(DType::F32)?.unsqueeze(1)?)?
+            .to_dtype(hidden.dtype())
     })
-}
-
-fn logsumexp(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let sum = x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
-    (sum.log()? + max)?.squeeze(D::Minus1)
 }
 
 fn chunks(n: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {

@@ -13,9 +13,12 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod head;
+pub mod hub;
 pub mod llama;
 pub mod load;
+pub mod merge;
 pub mod ops;
+pub mod publish;
 pub mod rope;
 
 pub use batch::Batch;

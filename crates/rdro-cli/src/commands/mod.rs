@@ -1,0 +1,4 @@
+//! One module per subcommand: argument parsing and printing only; the work is in the libraries.
+
+pub mod data;
+pub mod score;

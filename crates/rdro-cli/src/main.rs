@@ -1,0 +1,38 @@
+//! `rdro`: align open language models with human preferences by training LoRA adapters with
+//! Relative Density Ratio Optimization.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Train, score, merge and publish LoRA adapters for Qwen 2.5 and Llama 3 bases.
+#[derive(Parser)]
+#[command(name = "rdro", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Summed completion log-probs of every row under the base (and an adapter).
+    Score(commands::score::ScoreArgs),
+    /// Inspect or tokenize preference data.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score(args) => commands::score::run(args),
+        Command::Data(cmd) => commands::data::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
