@@ -67,7 +67,9 @@ fn root() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -83,7 +85,16 @@ fn cargo() -> Command {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Finetune { config, rest } => run(cargo()
-            .args(["run", "--quiet", "--release", "-p", "rdro-cli", "--", "finetune", "--config"])
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "rdro-cli",
+                "--",
+                "finetune",
+                "--config",
+            ])
             .arg(&config)
             .args(rest)),
         Task::Test { rest } => {
@@ -96,24 +107,48 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Fixtures => {
-            for script in ["tests/fixtures/generate.py", "tests/fixtures/chat/generate_chat.py"] {
+            for script in [
+                "tests/fixtures/generate.py",
+                "tests/fixtures/chat/generate_chat.py",
+            ] {
                 if root().join(script).is_file() {
                     run(Command::new("python3").arg(script).current_dir(root()))?;
                 }
             }
             Ok(())
         }
-        Task::Bench { seq, layers, steps, no_pytorch, quant } => bench(seq, layers, steps, no_pytorch, &quant),
+        Task::Bench {
+            seq,
+            layers,
+            steps,
+            no_pytorch,
+            quant,
+        } => bench(seq, layers, steps, no_pytorch, &quant),
     }
 }
 
 /// Runs every configuration in its own process (so that peak RSS is per configuration), the
 /// Rust step and the PyTorch yardstick side by side, and prints one JSON line each.
 fn bench(seq: usize, layers: usize, steps: usize, no_pytorch: bool, quant: &str) -> Result<()> {
-    run(cargo().args(["build", "--quiet", "--release", "-p", "rdro-models", "--example", "lora_step"]))?;
+    run(cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "rdro-models",
+        "--example",
+        "lora_step",
+    ]))?;
     let exe = root().join("target/release/examples/lora_step");
     let common = |c: &mut Command| {
-        c.args(["--seq", &seq.to_string(), "--layers", &layers.to_string(), "--steps", &steps.to_string()]);
+        c.args([
+            "--seq",
+            &seq.to_string(),
+            "--layers",
+            &layers.to_string(),
+            "--steps",
+            &steps.to_string(),
+        ]);
     };
     run(Command::new(&exe).arg("--kernels"))?;
     for checkpointing in [false, true] {

@@ -15,8 +15,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a LoRA adapter from a TOML config (RDRO, DDRO, KTO or DPO).
+    Finetune(commands::finetune::FinetuneArgs),
     /// Summed completion log-probs of every row under the base (and an adapter).
     Score(commands::score::ScoreArgs),
+    /// Merge a LoRA adapter into the original dense weights of its base (optionally also GGUF).
+    Merge(commands::merge::MergeArgs),
+    /// Upload an adapter folder (or a merged model folder) to the Hugging Face Hub.
+    Publish(commands::publish::PublishArgs),
     /// Inspect or tokenize preference data.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
@@ -25,7 +31,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Finetune(args) => commands::finetune::run(args),
         Command::Score(args) => commands::score::run(args),
+        Command::Merge(args) => commands::merge::run(args),
+        Command::Publish(args) => commands::publish::run(args),
         Command::Data(cmd) => commands::data::run(cmd),
     };
     match result {

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use candle_core::backend::{BackendDevice, BackendStorage};
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Result, Shape, Tensor,
+};
 
 /// Input gradient of an op: `(input, output, output_gradient) -> input_gradient`.
 pub type BackwardFn = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
@@ -113,7 +115,10 @@ mod tests {
         let loss = (y.sqr()?.sum_all())?;
         let grads = loss.backward()?;
         // d/dx sum((2x)^2) = 8x
-        let g = grads.get(x.as_tensor()).expect("gradient").to_vec1::<f32>()?;
+        let g = grads
+            .get(x.as_tensor())
+            .expect("gradient")
+            .to_vec1::<f32>()?;
         assert_eq!(g, vec![8.0, 16.0, 24.0]);
         Ok(())
     }

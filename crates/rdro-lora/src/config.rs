@@ -55,19 +55,26 @@ impl TargetModules {
             TargetModules::AllLinear(s) if s == "all-linear" => Ok(()),
             TargetModules::AllLinear(s) => Err(LoraError::config(
                 "lora.target_modules",
-                format!("{s:?} is not \"all-linear\"; give \"all-linear\" or a list of module names"),
+                format!(
+                    "{s:?} is not \"all-linear\"; give \"all-linear\" or a list of module names"
+                ),
             )),
             TargetModules::List(names) if names.is_empty() => Err(LoraError::config(
                 "lora.target_modules",
                 "the list is empty",
             )),
-            TargetModules::List(names) => match names.iter().find(|n| !LINEAR_MODULES.contains(&n.as_str())) {
-                Some(bad) => Err(LoraError::config(
-                    "lora.target_modules",
-                    format!("unknown module {bad:?}; expected some of {}", LINEAR_MODULES.join(", ")),
-                )),
-                None => Ok(()),
-            },
+            TargetModules::List(names) => {
+                match names.iter().find(|n| !LINEAR_MODULES.contains(&n.as_str())) {
+                    Some(bad) => Err(LoraError::config(
+                        "lora.target_modules",
+                        format!(
+                            "unknown module {bad:?}; expected some of {}",
+                            LINEAR_MODULES.join(", ")
+                        ),
+                    )),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -144,7 +151,11 @@ mod tests {
 
     #[test]
     fn scaling_plain_and_rslora() {
-        let mut c = LoraConfig { r: 16, alpha: 32.0, ..Default::default() };
+        let mut c = LoraConfig {
+            r: 16,
+            alpha: 32.0,
+            ..Default::default()
+        };
         assert_eq!(c.scaling(), 2.0);
         c.use_rslora = true;
         assert_eq!(c.scaling(), 8.0);

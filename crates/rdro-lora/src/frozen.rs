@@ -136,10 +136,14 @@ mod tests {
     fn rand(shape: (usize, usize), seed: u64) -> Result<Tensor> {
         // Deterministic pseudo-random values in [-1, 1).
         let n = shape.0 * shape.1;
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let v: Vec<f32> = (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect();
@@ -154,7 +158,10 @@ mod tests {
         let x = Var::from_tensor(&rand((3, 4), 2)?)?;
         let y = layer.forward(x.as_tensor())?;
         let expected = x.as_tensor().matmul(&w.t()?)?.broadcast_add(&b)?;
-        let diff = (y.clone() - &expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (y.clone() - &expected)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-6);
         let g = y.sqr()?.sum_all()?.backward()?;
         let gx = g.get(x.as_tensor()).expect("input gradient");
@@ -167,7 +174,12 @@ mod tests {
 
     #[test]
     fn quantized_input_gradient_equals_dense_with_dequantized_weight() -> Result<()> {
-        for t in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+        for t in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
             let w = rand((8, 256), 3)?;
             let (layer, used) = FrozenLinear::from_dense(w, None, QuantType::Ggml(t))?;
             assert_eq!(used, QuantType::Ggml(t));
@@ -178,7 +190,10 @@ mod tests {
             let target = rand((10, 8), 5)?.reshape((2, 5, 8))?;
             let grads = (y * &target)?.sum_all()?.backward()?;
             let gx = grads.get(x.as_tensor()).expect("input gradient");
-            let expected = target.reshape((10, 8))?.matmul(&deq)?.reshape((2, 5, 256))?;
+            let expected = target
+                .reshape((10, 8))?
+                .matmul(&deq)?
+                .reshape((2, 5, 256))?;
             let diff = (gx - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 1e-5, "{t:?}: {diff}");
         }

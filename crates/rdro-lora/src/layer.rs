@@ -17,9 +17,15 @@ pub struct ForwardMode {
 
 impl ForwardMode {
     /// Adapter on, no dropout.
-    pub const POLICY_EVAL: ForwardMode = ForwardMode { adapter: true, dropout_seed: None };
+    pub const POLICY_EVAL: ForwardMode = ForwardMode {
+        adapter: true,
+        dropout_seed: None,
+    };
     /// Adapter off: the reference model.
-    pub const REFERENCE: ForwardMode = ForwardMode { adapter: false, dropout_seed: None };
+    pub const REFERENCE: ForwardMode = ForwardMode {
+        adapter: false,
+        dropout_seed: None,
+    };
 }
 
 /// The trainable part: `A [r, in]` and `B [out, r]` with their scale.
@@ -66,7 +72,13 @@ impl LoraAdapter {
                 let keep = 1.0 - self.dropout;
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
                 let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+                    .map(|_| {
+                        if rng.random::<f64>() < keep {
+                            (1.0 / keep) as f32
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
                 let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
                 (x * mask)?
@@ -134,7 +146,12 @@ mod tests {
     fn layer(dropout: f64) -> Result<LoraLinear> {
         let dev = Device::Cpu;
         let w = Tensor::arange(0f32, 12.0, &dev)?.reshape((3, 4))?;
-        let cfg = LoraConfig { r: 2, alpha: 4.0, dropout, ..Default::default() };
+        let cfg = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout,
+            ..Default::default()
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let adapter = LoraAdapter::init(4, 3, &cfg, &mut rng, &dev)?;
         adapter.b.set(&Tensor::ones((3, 2), DType::F32, &dev)?)?;
@@ -148,7 +165,10 @@ mod tests {
     #[test]
     fn fresh_adapter_is_identity_and_init_is_bounded() -> Result<()> {
         let dev = Device::Cpu;
-        let cfg = LoraConfig { r: 4, ..Default::default() };
+        let cfg = LoraConfig {
+            r: 4,
+            ..Default::default()
+        };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let a = LoraAdapter::init(64, 8, &cfg, &mut rng, &dev)?;
         let max = a.a.as_tensor().abs()?.max_all()?.to_scalar::<f32>()?;
@@ -171,7 +191,9 @@ mod tests {
         assert!(grads.get(ad.b.as_tensor()).is_some());
         let off_grads = off.sum_all()?.backward();
         // The reference forward builds no graph at all.
-        assert!(off_grads.map(|g| g.get(ad.a.as_tensor()).is_none()).unwrap_or(true));
+        assert!(off_grads
+            .map(|g| g.get(ad.a.as_tensor()).is_none())
+            .unwrap_or(true));
         Ok(())
     }
 
@@ -179,7 +201,10 @@ mod tests {
     fn dropout_replays_with_the_same_seed() -> Result<()> {
         let l = layer(0.5)?;
         let x = Tensor::ones((8, 4), DType::F32, &Device::Cpu)?;
-        let mode = |s| ForwardMode { adapter: true, dropout_seed: Some(s) };
+        let mode = |s| ForwardMode {
+            adapter: true,
+            dropout_seed: Some(s),
+        };
         let a = l.forward(&x, mode(3))?.to_vec2::<f32>()?;
         let b = l.forward(&x, mode(3))?.to_vec2::<f32>()?;
         let c = l.forward(&x, mode(4))?.to_vec2::<f32>()?;

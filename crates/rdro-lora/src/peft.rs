@@ -702,7 +702,7 @@ mod tests {
                 learning_rate: 1e-4,
                 extra: vec![("batch size".into(), "8".into())],
             },
-            metrics: vec![("eval/loss".into(), 0.6931), ("reward_margin".into(), 1.25)],
+            metrics: vec![("eval/loss".into(), 0.6875), ("reward_margin".into(), 1.25)],
             tags: vec!["preference-alignment".into()],
         }
     }
@@ -738,7 +738,7 @@ mod tests {
             "| learning rate | 0.0001 |",
             "| batch size | 8 |",
             "| target modules | q_proj, v_proj |",
-            "| eval/loss | 0.6931 |",
+            "| eval/loss | 0.6875 |",
             "| reward_margin | 1.25 |",
         ] {
             assert!(body.contains(row), "missing {row:?} in\n{body}");

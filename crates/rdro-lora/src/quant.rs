@@ -101,7 +101,10 @@ impl FromStr for QuantType {
             .ok_or_else(|| {
                 LoraError::config(
                     "quantization",
-                    format!("unknown type {s:?}; expected one of {}", Self::accepted_names()),
+                    format!(
+                        "unknown type {s:?}; expected one of {}",
+                        Self::accepted_names()
+                    ),
                 )
             })
     }
@@ -160,7 +163,10 @@ mod tests {
             QuantType::Ggml(GgmlDType::Q8_0)
         );
         let err = "q9".parse::<QuantType>().unwrap_err().to_string();
-        assert!(err.contains("quantization") && err.contains("q8_0"), "{err}");
+        assert!(
+            err.contains("quantization") && err.contains("q8_0"),
+            "{err}"
+        );
     }
 
     #[test]

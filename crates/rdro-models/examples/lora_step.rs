@@ -47,9 +47,16 @@ impl WeightReader for RandomWeights {
     fn get(&mut self, name: &str, _: &Device) -> rdro_models::Result<Option<RawWeight>> {
         let c = &self.config;
         let (h, i, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let (q, kv) = (c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
+        let (q, kv) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
         let shape: Vec<usize> = if name.ends_with("norm.weight") {
-            return Ok(Some(RawWeight::Dense(Tensor::ones(h, DType::F32, &Device::Cpu)?)));
+            return Ok(Some(RawWeight::Dense(Tensor::ones(
+                h,
+                DType::F32,
+                &Device::Cpu,
+            )?)));
         } else if name == "model.embed_tokens.weight" {
             vec![v, h]
         } else if name == "lm_head.weight" {
@@ -72,7 +79,9 @@ impl WeightReader for RandomWeights {
             return Ok(None);
         };
         let fan_in = *shape.last().unwrap_or(&1) as f32;
-        Ok(Some(RawWeight::Dense(self.tensor(&shape, 1.0 / fan_in.sqrt())?)))
+        Ok(Some(RawWeight::Dense(
+            self.tensor(&shape, 1.0 / fan_in.sqrt())?,
+        )))
     }
 }
 
@@ -100,9 +109,11 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -123,12 +134,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Times `x [512, 896] · Wᵀ [896, 4864]` per quantized type: dequantize + f32 GEMM against
 /// candle's quantized matmul kernel.
 fn kernels() -> Result<(), Box<dyn std::error::Error>> {
-    let mut rw = RandomWeights { state: 7, config: qwen_05b(1) };
+    let mut rw = RandomWeights {
+        state: 7,
+        config: qwen_05b(1),
+    };
     let w = rw.tensor(&[4864, 896], 0.03)?;
     let x = rw.tensor(&[512, 896], 1.0)?;
     for t in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q5_0] {
         let (layer, _) = FrozenLinear::from_dense(w.clone(), None, QuantType::Ggml(t))?;
-        let rdro_lora::FrozenWeight::Quantized(q) = layer.weight().clone() else { continue };
+        let rdro_lora::FrozenWeight::Quantized(q) = layer.weight().clone() else {
+            continue;
+        };
         let qmm = QMatMul::from_arc(q)?;
         let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<f64> {
             f()?;
@@ -163,20 +179,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
 
     let config = qwen_05b(layers);
-    let mut weights = RandomWeights { state: 0x9E37_79B9_7F4A_7C15, config: config.clone() };
-    let options = LoadOptions { quantization: quant, ..Default::default() };
+    let mut weights = RandomWeights {
+        state: 0x9E37_79B9_7F4A_7C15,
+        config: config.clone(),
+    };
+    let options = LoadOptions {
+        quantization: quant,
+        ..Default::default()
+    };
     let mut model = build(config.clone(), &mut weights, &options)?.model;
-    model.attach_adapters(&LoraConfig { r: 16, alpha: 32.0, ..Default::default() }, 0)?;
+    model.attach_adapters(
+        &LoraConfig {
+            r: 16,
+            alpha: 32.0,
+            ..Default::default()
+        },
+        0,
+    )?;
 
     let prompt_len = seq / 4;
-    let ids: Vec<u32> = (0..seq as u32).map(|i| (i * 7919 + 13) % config.vocab_size as u32).collect();
+    let ids: Vec<u32> = (0..seq as u32)
+        .map(|i| (i * 7919 + 13) % config.vocab_size as u32)
+        .collect();
     let batch = Batch::from_prompt_completion(&[(&ids[..prompt_len], &ids[prompt_len..])], 0)?;
     let mut times = Vec::new();
     for step in 0..=steps {
         let start = Instant::now();
-        let (_, grads) = model.value_and_grad(&batch, ForwardMode::POLICY_EVAL, checkpointing, |lp| {
-            Ok((lp.per_sequence()?.sum_all()?, ()))
-        })?;
+        let (_, grads) =
+            model.value_and_grad(&batch, ForwardMode::POLICY_EVAL, checkpointing, |lp| {
+                Ok((lp.per_sequence()?.sum_all()?, ()))
+            })?;
         drop(grads);
         if step > 0 {
             times.push(start.elapsed().as_secs_f64());

@@ -20,7 +20,11 @@ pub struct Batch {
 impl Batch {
     /// Builds a batch from `(prompt, completion)` token rows: the completion tokens are targets.
     pub fn from_prompt_completion(rows: &[(&[u32], &[u32])], pad_id: u32) -> Result<Self> {
-        let seq_len = rows.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
+        let seq_len = rows
+            .iter()
+            .map(|(p, c)| p.len() + c.len())
+            .max()
+            .unwrap_or(0);
         let mut batch = Batch {
             input_ids: Vec::with_capacity(rows.len()),
             lengths: Vec::with_capacity(rows.len()),
@@ -63,10 +67,20 @@ impl Batch {
 
     fn validate(&self) -> Result<()> {
         let t = self.seq_len();
-        if self.lengths.len() != self.input_ids.len() || self.target_mask.len() != self.input_ids.len() {
-            return Err(ModelError::Batch("row counts of ids, lengths and targets differ".into()));
+        if self.lengths.len() != self.input_ids.len()
+            || self.target_mask.len() != self.input_ids.len()
+        {
+            return Err(ModelError::Batch(
+                "row counts of ids, lengths and targets differ".into(),
+            ));
         }
-        for (b, ((ids, len), mask)) in self.input_ids.iter().zip(&self.lengths).zip(&self.target_mask).enumerate() {
+        for (b, ((ids, len), mask)) in self
+            .input_ids
+            .iter()
+            .zip(&self.lengths)
+            .zip(&self.target_mask)
+            .enumerate()
+        {
             if ids.len() != t || mask.len() != t || *len > t {
                 return Err(ModelError::Batch(format!("row {b}: ragged row")));
             }
@@ -107,7 +121,11 @@ impl Batch {
     /// `[batch, seq_len]` u32 ids on `device`.
     pub fn ids_tensor(&self, device: &Device) -> Result<Tensor> {
         let flat: Vec<u32> = self.input_ids.iter().flatten().copied().collect();
-        Ok(Tensor::from_vec(flat, (self.len(), self.seq_len()), device)?)
+        Ok(Tensor::from_vec(
+            flat,
+            (self.len(), self.seq_len()),
+            device,
+        )?)
     }
 
     /// `(rows, positions)` of every target, in row-major order.

@@ -157,7 +157,9 @@ impl ModelConfig {
         };
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
-                return Err(err(format!("unsupported hidden_act {act:?}; expected \"silu\"")));
+                return Err(err(format!(
+                    "unsupported hidden_act {act:?}; expected \"silu\""
+                )));
             }
         }
         if raw.mlp_bias == Some(true) {
@@ -169,7 +171,11 @@ impl ModelConfig {
         let rope_params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
         let rope_theta = raw
             .rope_theta
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(10_000.0);
         let scaling = raw
             .rope_scaling
@@ -220,7 +226,10 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim ({}) must be even for rope", self.head_dim));
+            return Err(format!(
+                "head_dim ({}) must be even for rope",
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -292,10 +301,20 @@ mod tests {
     #[test]
     fn rejects_unsupported() {
         let mistral = QWEN.replace("Qwen2ForCausalLM", "MistralForCausalLM");
-        let e = ModelConfig::from_json(&mistral, Path::new("m/config.json")).unwrap_err().to_string();
-        assert!(e.contains("m/config.json") && e.contains("MistralForCausalLM"), "{e}");
-        let yarn = QWEN.replace("\"rope_theta\"", "\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4.0},\"rope_theta\"");
-        let e = ModelConfig::from_json(&yarn, Path::new("c.json")).unwrap_err().to_string();
+        let e = ModelConfig::from_json(&mistral, Path::new("m/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m/config.json") && e.contains("MistralForCausalLM"),
+            "{e}"
+        );
+        let yarn = QWEN.replace(
+            "\"rope_theta\"",
+            "\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4.0},\"rope_theta\"",
+        );
+        let e = ModelConfig::from_json(&yarn, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unsupported rope type \"yarn\""), "{e}");
     }
 }

@@ -55,7 +55,10 @@ pub struct GgufReader {
 impl GgufReader {
     /// Opens `path` and reads its metadata into a model config.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+        let file = File::open(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut file = BufReader::new(file);
         let content = Content::read(&mut file).map_err(|e| ModelError::Config {
             path: path.to_path_buf(),
@@ -87,7 +90,10 @@ impl GgufReader {
     fn read(&mut self, name: &str) -> Result<QTensor> {
         self.content
             .tensor(&mut self.file, name, &Device::Cpu)
-            .map_err(|e| ModelError::Weights { path: self.path.clone(), message: format!("{name}: {e}") })
+            .map_err(|e| ModelError::Weights {
+                path: self.path.clone(),
+                message: format!("{name}: {e}"),
+            })
     }
 }
 
@@ -97,7 +103,9 @@ impl WeightReader for GgufReader {
     }
 
     fn get(&mut self, hf_name: &str, device: &Device) -> Result<Option<RawWeight>> {
-        let Some(name) = gguf_name(hf_name) else { return Ok(None) };
+        let Some(name) = gguf_name(hf_name) else {
+            return Ok(None);
+        };
         if !self.content.tensor_infos.contains_key(&name) {
             return Ok(None);
         }
@@ -117,7 +125,9 @@ impl WeightReader for GgufReader {
         Ok(Some(match q.dtype() {
             GgmlDType::F32 => RawWeight::Dense(q.dequantize(device)?),
             GgmlDType::F16 => RawWeight::Dense(q.dequantize_f16(device)?),
-            GgmlDType::BF16 => RawWeight::Dense(q.dequantize(device)?.to_dtype(candle_core::DType::BF16)?),
+            GgmlDType::BF16 => {
+                RawWeight::Dense(q.dequantize(device)?.to_dtype(candle_core::DType::BF16)?)
+            }
             _ => RawWeight::Quantized(if device.is_cpu() {
                 q
             } else {
@@ -137,7 +147,9 @@ fn unpermute_rows(q: &QTensor, heads: usize, path: &Path) -> Result<QTensor> {
     if heads == 0 || rows % (2 * heads) != 0 {
         return Err(ModelError::Weights {
             path: path.to_path_buf(),
-            message: format!("cannot undo the rope permutation of a [{rows}, ..] tensor with {heads} heads"),
+            message: format!(
+                "cannot undo the rope permutation of a [{rows}, ..] tensor with {heads} heads"
+            ),
         });
     }
     let row_bytes = elems_per_row / q.dtype().block_size() * q.dtype().type_size();
@@ -158,8 +170,15 @@ fn unpermute_rows(q: &QTensor, heads: usize, path: &Path) -> Result<QTensor> {
     Ok(qtensor_from_ggml(q.dtype(), &out, dims, &Device::Cpu)?)
 }
 
-fn config_from_metadata(meta: &HashMap<String, Value>, content: &Content, path: &Path) -> Result<ModelConfig> {
-    let err = |message: String| ModelError::Config { path: path.to_path_buf(), message };
+fn config_from_metadata(
+    meta: &HashMap<String, Value>,
+    content: &Content,
+    path: &Path,
+) -> Result<ModelConfig> {
+    let err = |message: String| ModelError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
     let arch_name = meta
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())
@@ -177,7 +196,12 @@ fn config_from_metadata(meta: &HashMap<String, Value>, content: &Content, path: 
     let int = |key: &str| -> Result<usize> {
         let full = format!("{arch_name}.{key}");
         meta.get(&full)
-            .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)).or_else(|| v.to_i32().ok().map(|x| x as u64)))
+            .and_then(|v| {
+                v.to_u64()
+                    .ok()
+                    .or_else(|| v.to_u32().ok().map(u64::from))
+                    .or_else(|| v.to_i32().ok().map(|x| x as u64))
+            })
             .map(|v| v as usize)
             .ok_or_else(|| err(format!("missing integer metadata `{full}`")))
     };
@@ -221,9 +245,18 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias").as_deref(), Some("blk.3.attn_q.bias"));
-        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
-        assert_eq!(gguf_name("model.norm.weight").as_deref(), Some("output_norm.weight"));
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.bias").as_deref(),
+            Some("blk.3.attn_q.bias")
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(),
+            Some("blk.0.ffn_down.weight")
+        );
+        assert_eq!(
+            gguf_name("model.norm.weight").as_deref(),
+            Some("output_norm.weight")
+        );
         assert_eq!(gguf_name("model.layers.0.foo.weight"), None);
     }
 }

@@ -30,7 +30,8 @@ impl TokenLogProbs {
         }
         let device = self.values.device();
         let m = Tensor::from_vec(membership, (self.batch_size, n), device)?;
-        m.matmul(&self.values.to_dtype(DType::F32)?.unsqueeze(1)?)?.squeeze(1)
+        m.matmul(&self.values.to_dtype(DType::F32)?.unsqueeze(1)?)?
+            .squeeze(1)
     }
 
     /// `[batch][seq_len]` log-probs with zeros at non-target positions (for reports and tests).
@@ -112,4 +113,3 @@ pub fn chunk_rows_for(vocab_size: usize, bytes: usize) -> usize {
 
 /// Default budget for one chunk of logits: 64 MiB.
 pub const DEFAULT_LOGITS_BYTES: usize = 64 << 20;
-

@@ -93,7 +93,15 @@ const MODULE_PATHS: [(&str, &str); 7] = [
 impl DecoderLayer {
     fn modules(&self) -> [&LoraLinear; 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
-        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
     }
 
     fn modules_mut(&mut self) -> [&mut LoraLinear; 7] {
@@ -122,11 +130,23 @@ impl DecoderLayer {
 
     fn attention(&self, x: &Tensor, config: &ModelConfig, ctx: &ForwardContext) -> CResult<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (h, kv, d) = (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
+        let (h, kv, d) = (
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
         let attn = &self.self_attn;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
-        let q = rope(&heads(attn.q_proj.forward(x, ctx.mode)?, h)?, &ctx.cos, &ctx.sin)?;
-        let k = rope(&heads(attn.k_proj.forward(x, ctx.mode)?, kv)?, &ctx.cos, &ctx.sin)?;
+        let q = rope(
+            &heads(attn.q_proj.forward(x, ctx.mode)?, h)?,
+            &ctx.cos,
+            &ctx.sin,
+        )?;
+        let k = rope(
+            &heads(attn.k_proj.forward(x, ctx.mode)?, kv)?,
+            &ctx.cos,
+            &ctx.sin,
+        )?;
         let v = heads(attn.v_proj.forward(x, ctx.mode)?, kv)?;
         // Grouped-query attention without copying keys and values: the query heads sharing a
         // key head are adjacent, so [b, h, t, d] is viewed as [b, kv, group * t, d].
@@ -214,7 +234,9 @@ impl LlamaModel {
         let mut used = 0;
         for (path, module) in self.modules_mut() {
             module.adapter = None;
-            let Some((a, b)) = tensors.get(&path) else { continue };
+            let Some((a, b)) = tensors.get(&path) else {
+                continue;
+            };
             let (out_f, in_f) = module.base.dims()?;
             let (r, a_in) = a.dims2()?;
             let (b_out, rb) = b.dims2()?;
@@ -288,11 +310,18 @@ impl LlamaModel {
             }
         }
         let mask = Tensor::from_vec(mask, (b, 1, t, t), device)?.to_dtype(self.compute_dtype)?;
-        Ok(ForwardContext { cos, sin, mask, mode })
+        Ok(ForwardContext {
+            cos,
+            sin,
+            mask,
+            mode,
+        })
     }
 
     fn embed(&self, batch: &Batch) -> CResult<Tensor> {
-        let ids = batch.ids_tensor(self.device()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let ids = batch
+            .ids_tensor(self.device())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let (b, t) = ids.dims2()?;
         self.embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
@@ -306,13 +335,27 @@ impl LlamaModel {
         let hidden = rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?;
         let (rows, positions) = batch.targets();
         // The token at position j is predicted from the hidden state at j - 1.
-        let source: Vec<u32> = rows.iter().zip(&positions).map(|(r, j)| (r * t + j - 1) as u32).collect();
-        let targets: Vec<u32> = rows.iter().zip(&positions).map(|(r, j)| batch.input_ids[*r][*j]).collect();
+        let source: Vec<u32> = rows
+            .iter()
+            .zip(&positions)
+            .map(|(r, j)| (r * t + j - 1) as u32)
+            .collect();
+        let targets: Vec<u32> = rows
+            .iter()
+            .zip(&positions)
+            .map(|(r, j)| batch.input_ids[*r][*j])
+            .collect();
         let index = Tensor::from_vec(source, rows.len(), hidden.device())?;
         let picked = hidden.reshape((b * t, hdim))?.index_select(&index, 0)?;
         let chunk = chunk_rows_for(self.config.vocab_size, self.logits_chunk_bytes);
         let values = target_log_probs(&picked, &self.lm_head, &targets, chunk)?;
-        Ok(TokenLogProbs { values, rows, positions, batch_size: b, seq_len: t })
+        Ok(TokenLogProbs {
+            values,
+            rows,
+            positions,
+            batch_size: b,
+            seq_len: t,
+        })
     }
 
     fn check_batch(&self, batch: &Batch) -> Result<()> {
@@ -354,10 +397,14 @@ impl LlamaModel {
         self.check_batch(batch)?;
         let params = self.trainable_parameters();
         if params.is_empty() {
-            return Err(ModelError::Batch("the model has no adapter to train".into()));
+            return Err(ModelError::Batch(
+                "the model has no adapter to train".into(),
+            ));
         }
         let ctx = self.context(batch, mode)?;
-        let collect = |grads: &candle_core::backprop::GradStore, range: std::ops::Range<usize>| -> CResult<Vec<(usize, Tensor)>> {
+        let collect = |grads: &candle_core::backprop::GradStore,
+                       range: std::ops::Range<usize>|
+         -> CResult<Vec<(usize, Tensor)>> {
             range
                 .map(|i| {
                     let v = params[i].1.as_tensor();

@@ -26,7 +26,11 @@ pub enum ModelSource {
 impl ModelSource {
     /// Classifies a local path: a `.gguf` file or a folder holding `config.json`.
     pub fn from_path(path: &Path) -> Result<Self> {
-        if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        if path.is_file()
+            && path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             return Ok(ModelSource::Gguf(path.to_path_buf()));
         }
         if path.is_dir() && path.join("config.json").is_file() {
@@ -104,12 +108,17 @@ impl SafetensorsReader {
         let shards = shard_files(dir)?;
         // SAFETY: the files are memory-mapped read-only; modifying them while loading is the
         // caller's problem, as with every mmap-based loader.
-        let files = unsafe { MmapedSafetensors::multi(&shards) }.map_err(|e| ModelError::Weights {
-            path: dir.to_path_buf(),
-            message: format!("cannot read safetensors: {e}"),
-        })?;
+        let files =
+            unsafe { MmapedSafetensors::multi(&shards) }.map_err(|e| ModelError::Weights {
+                path: dir.to_path_buf(),
+                message: format!("cannot read safetensors: {e}"),
+            })?;
         let names = files.tensors().into_iter().map(|(n, _)| n).collect();
-        Ok(Self { path: dir.to_path_buf(), files, names })
+        Ok(Self {
+            path: dir.to_path_buf(),
+            files,
+            names,
+        })
     }
 }
 
@@ -118,16 +127,26 @@ impl SafetensorsReader {
 pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Weights {
+        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
             path: index.clone(),
-            message: format!("invalid JSON: {e}"),
+            source,
         })?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Weights {
-            path: index.clone(),
-            message: "no `weight_map` object".into(),
-        })?;
-        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Weights {
+                path: index.clone(),
+                message: format!("invalid JSON: {e}"),
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Weights {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
         files.sort();
         files.dedup();
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
@@ -158,10 +177,13 @@ impl WeightReader for SafetensorsReader {
         if !self.names.contains(hf_name) {
             return Ok(None);
         }
-        let t = self.files.load(hf_name, device).map_err(|e| ModelError::Weights {
-            path: self.path.clone(),
-            message: format!("{hf_name}: {e}"),
-        })?;
+        let t = self
+            .files
+            .load(hf_name, device)
+            .map_err(|e| ModelError::Weights {
+                path: self.path.clone(),
+                message: format!("{hf_name}: {e}"),
+            })?;
         let t = match t.dtype() {
             DType::F32 | DType::F16 | DType::BF16 => t,
             other => {
@@ -192,24 +214,46 @@ pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<LoadedModel> 
 }
 
 /// Builds the model from any weight reader.
-pub fn build(config: ModelConfig, reader: &mut dyn WeightReader, options: &LoadOptions) -> Result<LoadedModel> {
+pub fn build(
+    config: ModelConfig,
+    reader: &mut dyn WeightReader,
+    options: &LoadOptions,
+) -> Result<LoadedModel> {
     let device = &options.device;
     let h = config.hidden_size;
     let mut report = QuantReport::default();
-    let embed_tokens = dense(reader, "model.embed_tokens.weight", &[config.vocab_size, h], device)?;
+    let embed_tokens = dense(
+        reader,
+        "model.embed_tokens.weight",
+        &[config.vocab_size, h],
+        device,
+    )?;
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     let q_out = config.num_attention_heads * config.head_dim;
     let kv_out = config.num_key_value_heads * config.head_dim;
     for i in 0..config.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let mut key = (i * 7) as u64;
-        let mut linear = |name: &str, out_f: usize, in_f: usize, bias: bool| -> Result<LoraLinear> {
-            let full = format!("{p}.{name}");
-            let b = if bias { Some(dense(reader, &format!("{full}.bias"), &[out_f], device)?) } else { None };
-            let layer = frozen_linear(reader, &format!("{full}.weight"), out_f, in_f, b, options, &mut report)?;
-            key += 1;
-            Ok(LoraLinear::frozen(layer, key))
-        };
+        let mut linear =
+            |name: &str, out_f: usize, in_f: usize, bias: bool| -> Result<LoraLinear> {
+                let full = format!("{p}.{name}");
+                let b = if bias {
+                    Some(dense(reader, &format!("{full}.bias"), &[out_f], device)?)
+                } else {
+                    None
+                };
+                let layer = frozen_linear(
+                    reader,
+                    &format!("{full}.weight"),
+                    out_f,
+                    in_f,
+                    b,
+                    options,
+                    &mut report,
+                )?;
+                key += 1;
+                Ok(LoraLinear::frozen(layer, key))
+            };
         let bias = config.attention_bias;
         let self_attn = Attention {
             q_proj: linear("self_attn.q_proj", q_out, h, bias)?,
@@ -225,7 +269,12 @@ pub fn build(config: ModelConfig, reader: &mut dyn WeightReader, options: &LoadO
         layers.push(DecoderLayer {
             input_layernorm: dense(reader, &format!("{p}.input_layernorm.weight"), &[h], device)?,
             self_attn,
-            post_attention_layernorm: dense(reader, &format!("{p}.post_attention_layernorm.weight"), &[h], device)?,
+            post_attention_layernorm: dense(
+                reader,
+                &format!("{p}.post_attention_layernorm.weight"),
+                &[h],
+                device,
+            )?,
             mlp,
         });
     }
@@ -233,7 +282,12 @@ pub fn build(config: ModelConfig, reader: &mut dyn WeightReader, options: &LoadO
     let lm_head = match reader.get("lm_head.weight", device)? {
         _ if config.tie_word_embeddings => FrozenWeight::Dense(embed_tokens.clone()),
         Some(RawWeight::Dense(t)) => {
-            check_shape(reader.path(), "lm_head.weight", t.dims(), &[config.vocab_size, h])?;
+            check_shape(
+                reader.path(),
+                "lm_head.weight",
+                t.dims(),
+                &[config.vocab_size, h],
+            )?;
             FrozenWeight::Dense(t)
         }
         Some(RawWeight::Quantized(q)) => FrozenWeight::Quantized(Arc::new(q)),
@@ -244,7 +298,14 @@ pub fn build(config: ModelConfig, reader: &mut dyn WeightReader, options: &LoadO
             })
         }
     };
-    let model = LlamaModel::new(config, embed_tokens, layers, norm, lm_head, options.compute_dtype);
+    let model = LlamaModel::new(
+        config,
+        embed_tokens,
+        layers,
+        norm,
+        lm_head,
+        options.compute_dtype,
+    );
     Ok(LoadedModel { model, report })
 }
 
@@ -259,7 +320,12 @@ fn check_shape(path: &Path, name: &str, got: &[usize], want: &[usize]) -> Result
 }
 
 /// A tensor that must be dense (embeddings, norms, biases); quantized ones are dequantized.
-fn dense(reader: &mut dyn WeightReader, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+fn dense(
+    reader: &mut dyn WeightReader,
+    name: &str,
+    shape: &[usize],
+    device: &Device,
+) -> Result<Tensor> {
     let t = match reader.get(name, device)? {
         Some(RawWeight::Dense(t)) => t,
         Some(RawWeight::Quantized(q)) => q.dequantize(device)?,
@@ -288,7 +354,9 @@ fn frozen_linear(
             check_shape(reader.path(), name, t.dims(), &[out_f, in_f])?;
             let (layer, used) = FrozenLinear::from_dense(t, bias, options.quantization)?;
             if used != options.quantization {
-                report.fallbacks.push((name.to_string(), options.quantization, used));
+                report
+                    .fallbacks
+                    .push((name.to_string(), options.quantization, used));
             }
             layer
         }

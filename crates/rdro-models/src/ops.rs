@@ -48,7 +48,9 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn vals(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32 * 2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
     }
 
     /// Compares the gradient of `sum(op(x) * t)` for the fast op and a slow reference.
@@ -76,22 +78,28 @@ mod tests {
     #[test]
     fn rms_norm_gradient() -> Result<()> {
         let w = Tensor::from_vec(vals(8, 3), 8, &Device::Cpu)?;
-        check(&[3, 5, 8], |x| rms_norm(x, &w, 1e-6), |x| {
-            candle_nn::ops::rms_norm_slow(x, &w, 1e-6)
-        })
+        check(
+            &[3, 5, 8],
+            |x| rms_norm(x, &w, 1e-6),
+            |x| candle_nn::ops::rms_norm_slow(x, &w, 1e-6),
+        )
     }
 
     #[test]
     fn rope_gradient() -> Result<()> {
         let cos = Tensor::from_vec(vals(6 * 4, 5), (6, 4), &Device::Cpu)?;
         let sin = Tensor::from_vec(vals(6 * 4, 9), (6, 4), &Device::Cpu)?;
-        check(&[2, 3, 6, 8], |x| rope(x, &cos, &sin), |x| {
-            candle_nn::rotary_emb::rope_slow(x, &cos, &sin)
-        })
+        check(
+            &[2, 3, 6, 8],
+            |x| rope(x, &cos, &sin),
+            |x| candle_nn::rotary_emb::rope_slow(x, &cos, &sin),
+        )
     }
 
     #[test]
     fn softmax_gradient() -> Result<()> {
-        check(&[2, 3, 7], softmax_last_dim, |x| candle_nn::ops::softmax(x, D::Minus1))
+        check(&[2, 3, 7], softmax_last_dim, |x| {
+            candle_nn::ops::softmax(x, D::Minus1)
+        })
     }
 }

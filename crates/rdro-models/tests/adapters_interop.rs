@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use adapters_common::{fixture_batch, fixtures, max_abs_diff, R};
 use candle_core::{DType, Device, Tensor};
 use rdro_lora::peft::{
-    read_weights, save_adapter, AdapterConfig, AdapterTensors, ModelCard, Recipe, SaveDType, CARD_FILE,
-    CONFIG_FILE, WEIGHTS_FILE,
+    read_weights, save_adapter, AdapterConfig, AdapterTensors, ModelCard, Recipe, SaveDType,
+    CARD_FILE, CONFIG_FILE, WEIGHTS_FILE,
 };
 use rdro_lora::{ForwardMode, LoraConfig, TargetModules};
 use rdro_models::{load, LlamaModel, LoadOptions, ModelSource};
@@ -35,7 +35,13 @@ fn specs() -> Vec<Spec> {
         Spec {
             model: "llama31",
             name: "rdro_f32",
-            lora: LoraConfig { r: 4, alpha: 8.0, dropout: 0.0, target_modules: TargetModules::default(), use_rslora: false },
+            lora: LoraConfig {
+                r: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                target_modules: TargetModules::default(),
+                use_rslora: false,
+            },
             dtype: SaveDType::F32,
             seed: 1,
         },
@@ -46,7 +52,12 @@ fn specs() -> Vec<Spec> {
                 r: 2,
                 alpha: 6.0,
                 dropout: 0.05,
-                target_modules: TargetModules::List(vec!["down_proj".into(), "q_proj".into(), "up_proj".into(), "v_proj".into()]),
+                target_modules: TargetModules::List(vec![
+                    "down_proj".into(),
+                    "q_proj".into(),
+                    "up_proj".into(),
+                    "v_proj".into(),
+                ]),
                 use_rslora: true,
             },
             dtype: SaveDType::Bf16,
@@ -71,7 +82,11 @@ fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn base(model: &str) -> R<LlamaModel> {
-    Ok(load(&ModelSource::Folder(fixtures().join(model)), &LoadOptions::default())?.model)
+    Ok(load(
+        &ModelSource::Folder(fixtures().join(model)),
+        &LoadOptions::default(),
+    )?
+    .model)
 }
 
 /// The adapter of `spec`: every targeted module of the base, A and B filled deterministically.
@@ -90,7 +105,10 @@ fn build(spec: &Spec) -> R<(AdapterConfig, AdapterTensors, ModelCard)> {
         let b = Tensor::from_vec(values(seed + 1, out_f * r, 0.05), (out_f, r), &Device::Cpu)?;
         tensors.insert(path, (a, b));
     }
-    let config = AdapterConfig::from_lora(&spec.lora, Some(format!("tests/fixtures/models/{}", spec.model)));
+    let config = AdapterConfig::from_lora(
+        &spec.lora,
+        Some(format!("tests/fixtures/models/{}", spec.model)),
+    );
     let card = ModelCard {
         base_model: None,
         recipe: Recipe {
@@ -101,7 +119,7 @@ fn build(spec: &Spec) -> R<(AdapterConfig, AdapterTensors, ModelCard)> {
             learning_rate: 0.01,
             extra: vec![("batch size".into(), "4".into())],
         },
-        metrics: vec![("loss".into(), 0.6931), ("eval/loss".into(), 0.7012)],
+        metrics: vec![("loss".into(), 0.6902), ("eval/loss".into(), 0.7012)],
         tags: vec![],
     };
     Ok((config, tensors, card))
@@ -129,7 +147,10 @@ fn rdro_written_adapters_are_reproducible_and_load_in_peft_with_the_same_log_pro
         let dir = committed(&spec);
         if bless() {
             save_adapter(&dir, &config, &tensors, spec.dtype, Some(&card), true)?;
-            eprintln!("wrote {}; now run tests/fixtures/generate_adapters.py", dir.display());
+            eprintln!(
+                "wrote {}; now run tests/fixtures/generate_adapters.py",
+                dir.display()
+            );
             continue;
         }
         // Byte-identical re-write.
@@ -137,28 +158,60 @@ fn rdro_written_adapters_are_reproducible_and_load_in_peft_with_the_same_log_pro
         let fresh = tmp.path().join(spec.name);
         save_adapter(&fresh, &config, &tensors, spec.dtype, Some(&card), false)?;
         for file in [CONFIG_FILE, WEIGHTS_FILE, CARD_FILE] {
-            let want = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+            let want = std::fs::read(dir.join(file))
+                .map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
             let got = std::fs::read(fresh.join(file))?;
-            assert!(got == want, "{}/{file} differs from a fresh write (re-bless if the format changed on purpose)", spec.name);
+            assert!(
+                got == want,
+                "{}/{file} differs from a fresh write (re-bless if the format changed on purpose)",
+                spec.name
+            );
         }
-        assert_eq!(adapters_common::listing(&fresh), adapters_common::listing(&dir), "{}", spec.name);
+        assert_eq!(
+            adapters_common::listing(&fresh),
+            adapters_common::listing(&dir),
+            "{}",
+            spec.name
+        );
 
         // Only PEFT's core LoRA keys, so that older PEFT versions load the file.
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(CONFIG_FILE))?)?;
-        let mut keys: Vec<&str> = json.as_object().ok_or("config is not an object")?.keys().map(String::as_str).collect();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(CONFIG_FILE))?)?;
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .ok_or("config is not an object")?
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort();
         assert_eq!(
             keys,
             [
-                "base_model_name_or_path", "bias", "fan_in_fan_out", "inference_mode", "init_lora_weights", "lora_alpha",
-                "lora_dropout", "peft_type", "r", "target_modules", "task_type", "use_rslora"
+                "base_model_name_or_path",
+                "bias",
+                "fan_in_fan_out",
+                "inference_mode",
+                "init_lora_weights",
+                "lora_alpha",
+                "lora_dropout",
+                "peft_type",
+                "r",
+                "target_modules",
+                "task_type",
+                "use_rslora"
             ]
         );
         // PEFT's key names and shapes, metadata {"format": "pt"}, the requested dtype.
         let bytes = std::fs::read(dir.join(WEIGHTS_FILE))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
-        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .and_then(|m| m.get("format"))
+                .map(String::as_str),
+            Some("pt")
+        );
         assert_eq!(st.len(), 2 * tensors.len());
         for (module, (a, b)) in &tensors {
             let ka = st.tensor(&format!("base_model.model.{module}.lora_A.weight"))?;
@@ -178,23 +231,44 @@ fn rdro_written_adapters_are_reproducible_and_load_in_peft_with_the_same_log_pro
                 SaveDType::F32 => DType::F32,
                 SaveDType::Bf16 => DType::BF16,
             })?;
-            let diff = (back[module].0.clone() - want.to_dtype(DType::F32)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = (back[module].0.clone() - want.to_dtype(DType::F32)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
             assert_eq!(diff, 0.0, "{module}");
         }
 
         // PEFT's log-probs with this adapter (generate_adapters.py) equal rdro's.
         let (expected, batch) = fixture_batch(spec.model)?;
-        let peft_path = fixtures().join(spec.model).join("expected_rdro_written.safetensors");
-        let peft = candle_core::safetensors::load(&peft_path, &Device::Cpu)
-            .map_err(|e| format!("{}: {e} (run tests/fixtures/generate_adapters.py)", peft_path.display()))?;
+        let peft_path = fixtures()
+            .join(spec.model)
+            .join("expected_rdro_written.safetensors");
+        let peft = candle_core::safetensors::load(&peft_path, &Device::Cpu).map_err(|e| {
+            format!(
+                "{}: {e} (run tests/fixtures/generate_adapters.py)",
+                peft_path.display()
+            )
+        })?;
         let key = format!("logp_{}", spec.name);
-        let want = peft.get(&key).ok_or_else(|| format!("{} lacks {key}", peft_path.display()))?;
+        let want = peft
+            .get(&key)
+            .ok_or_else(|| format!("{} lacks {key}", peft_path.display()))?;
         let model = with_adapter(base(spec.model)?, &dir)?;
-        let got = model.token_log_probs(&batch, ForwardMode::POLICY_EVAL)?.to_dense()?;
+        let got = model
+            .token_log_probs(&batch, ForwardMode::POLICY_EVAL)?
+            .to_dense()?;
         let diff = max_abs_diff(&got, want)?;
-        assert!(diff < 1e-4, "{}: rdro vs PEFT log-probs differ by {diff}", spec.name);
+        assert!(
+            diff < 1e-4,
+            "{}: rdro vs PEFT log-probs differ by {diff}",
+            spec.name
+        );
         let effect = max_abs_diff(&got, &expected["logp_base"])?;
-        assert!(effect > 1e-2, "{}: the adapter barely changes the model ({effect})", spec.name);
+        assert!(
+            effect > 1e-2,
+            "{}: the adapter barely changes the model ({effect})",
+            spec.name
+        );
     }
     Ok(())
 }
@@ -205,7 +279,9 @@ fn peft_written_adapters_load_score_and_resave() -> R<()> {
         let (expected, batch) = fixture_batch(model)?;
         let dir = fixtures().join(model).join("adapters").join(adapter);
         let m = with_adapter(base(model)?, &dir)?;
-        let got = m.token_log_probs(&batch, ForwardMode::POLICY_EVAL)?.to_dense()?;
+        let got = m
+            .token_log_probs(&batch, ForwardMode::POLICY_EVAL)?
+            .to_dense()?;
         let diff = max_abs_diff(&got, &expected[&format!("logp_{adapter}")])?;
         assert!(diff < 1e-4, "{model}/{adapter}: {diff}");
 
@@ -213,11 +289,24 @@ fn peft_written_adapters_load_score_and_resave() -> R<()> {
         let config = AdapterConfig::read(&dir)?;
         let tmp = tempfile::tempdir()?;
         let out = tmp.path().join("resaved");
-        save_adapter(&out, &config, &m.adapter_tensors(), SaveDType::F32, None, false)?;
+        save_adapter(
+            &out,
+            &config,
+            &m.adapter_tensors(),
+            SaveDType::F32,
+            None,
+            false,
+        )?;
         let again = AdapterConfig::read(&out)?;
         assert_eq!(again.lora_config(), config.lora_config());
-        assert_eq!(again.base_model_name_or_path, config.base_model_name_or_path);
-        let (a, b) = (read_weights(&dir, &Device::Cpu)?, read_weights(&out, &Device::Cpu)?);
+        assert_eq!(
+            again.base_model_name_or_path,
+            config.base_model_name_or_path
+        );
+        let (a, b) = (
+            read_weights(&dir, &Device::Cpu)?,
+            read_weights(&out, &Device::Cpu)?,
+        );
         assert_eq!(a.len(), b.len());
         for (k, (x, y)) in &a {
             let d = (x - &b[k].0)?.abs()?.max_all()?.to_scalar::<f32>()?
@@ -238,7 +327,8 @@ fn edited_adapter(
     let src = fixtures().join("qwen2_tied/adapters/lora");
     let dir = root.join(format!("edited-{}", rand_suffix()));
     std::fs::create_dir_all(&dir)?;
-    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join(CONFIG_FILE))?)?;
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join(CONFIG_FILE))?)?;
     edit(&mut json);
     std::fs::write(dir.join(CONFIG_FILE), serde_json::to_vec_pretty(&json)?)?;
     let loaded = candle_core::safetensors::load(src.join(WEIGHTS_FILE), &Device::Cpu)?;
@@ -261,7 +351,9 @@ fn try_load(dir: &Path) -> Result<(), String> {
     let config = AdapterConfig::read(dir).map_err(|e| e.to_string())?;
     let tensors = read_weights(dir, &Device::Cpu).map_err(|e| e.to_string())?;
     let mut model = base("qwen2_tied").map_err(|e| e.to_string())?;
-    model.load_adapter(&config.lora_config(), &tensors).map_err(|e| e.to_string())
+    model
+        .load_adapter(&config.lora_config(), &tensors)
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -273,54 +365,173 @@ fn unsupported_peft_features_are_refused_with_clear_errors() -> R<()> {
     try_load(&edited_adapter(root, |_| {}, keep)?)?;
 
     let cases: Vec<(&str, PathBuf, &[&str])> = vec![
-        ("DoRA", edited_adapter(root, |j| j["use_dora"] = true.into(), keep)?, &["use_dora", CONFIG_FILE]),
+        (
+            "DoRA",
+            edited_adapter(root, |j| j["use_dora"] = true.into(), keep)?,
+            &["use_dora", CONFIG_FILE],
+        ),
         (
             "modules_to_save",
-            edited_adapter(root, |j| j["modules_to_save"] = serde_json::json!(["lm_head"]), keep)?,
+            edited_adapter(
+                root,
+                |j| j["modules_to_save"] = serde_json::json!(["lm_head"]),
+                keep,
+            )?,
             &["modules_to_save", CONFIG_FILE],
         ),
-        ("trained biases", edited_adapter(root, |j| j["bias"] = "lora_only".into(), keep)?, &["bias", "lora_only"]),
+        (
+            "trained biases",
+            edited_adapter(root, |j| j["bias"] = "lora_only".into(), keep)?,
+            &["bias", "lora_only"],
+        ),
         (
             "bias tensors",
-            edited_adapter(root, |_| {}, |l| {
-                let t = Tensor::zeros(64, DType::F32, &Device::Cpu).expect("zeros");
-                l.push(("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias".into(), t));
-            })?,
+            edited_adapter(
+                root,
+                |_| {},
+                |l| {
+                    let t = Tensor::zeros(64, DType::F32, &Device::Cpu).expect("zeros");
+                    l.push((
+                        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias".into(),
+                        t,
+                    ));
+                },
+            )?,
             &["lora_B.bias", WEIGHTS_FILE],
         ),
         (
             "a target module the base lacks",
-            edited_adapter(root, |_| {}, |l| {
-                let a = Tensor::zeros((4, 64), DType::F32, &Device::Cpu).expect("zeros");
-                let b = Tensor::zeros((64, 4), DType::F32, &Device::Cpu).expect("zeros");
-                l.push(("base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight".into(), a));
-                l.push(("base_model.model.model.layers.7.self_attn.q_proj.lora_B.weight".into(), b));
-            })?,
+            edited_adapter(
+                root,
+                |_| {},
+                |l| {
+                    let a = Tensor::zeros((4, 64), DType::F32, &Device::Cpu).expect("zeros");
+                    let b = Tensor::zeros((64, 4), DType::F32, &Device::Cpu).expect("zeros");
+                    l.push((
+                        "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight".into(),
+                        a,
+                    ));
+                    l.push((
+                        "base_model.model.model.layers.7.self_attn.q_proj.lora_B.weight".into(),
+                        b,
+                    ));
+                },
+            )?,
             &["model.layers.7.self_attn.q_proj", "does not have"],
         ),
         (
             "shapes that do not fit",
-            edited_adapter(root, |_| {}, |l| {
-                for (k, t) in l.iter_mut() {
-                    if k == "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight" {
-                        *t = Tensor::zeros((4, 32), DType::F32, &Device::Cpu).expect("zeros");
+            edited_adapter(
+                root,
+                |_| {},
+                |l| {
+                    for (k, t) in l.iter_mut() {
+                        if k == "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight" {
+                            *t = Tensor::zeros((4, 32), DType::F32, &Device::Cpu).expect("zeros");
+                        }
                     }
-                }
-            })?,
+                },
+            )?,
             &["model.layers.1.mlp.up_proj", "[4, 32]"],
         ),
         (
             "an unknown target module",
-            edited_adapter(root, |j| j["target_modules"] = serde_json::json!(["q_proj", "embed_tokens"]), keep)?,
+            edited_adapter(
+                root,
+                |j| j["target_modules"] = serde_json::json!(["q_proj", "embed_tokens"]),
+                keep,
+            )?,
             &["embed_tokens", "target_modules"],
         ),
-        ("another PEFT method", edited_adapter(root, |j| j["peft_type"] = "IA3".into(), keep)?, &["IA3"]),
+        (
+            "another PEFT method",
+            edited_adapter(root, |j| j["peft_type"] = "IA3".into(), keep)?,
+            &["IA3"],
+        ),
     ];
     for (what, dir, needles) in cases {
         let err = try_load(&dir).expect_err(what);
         for n in needles {
-            assert!(err.contains(n), "{what}: error {err:?} does not mention {n:?}");
+            assert!(
+                err.contains(n),
+                "{what}: error {err:?} does not mention {n:?}"
+            );
         }
     }
+    Ok(())
+}
+
+#[test]
+fn adapters_trained_on_a_gguf_base_are_saved_in_hugging_face_row_order() -> R<()> {
+    // The GGUF loader undoes llama.cpp's q/k row permutation, so the adapter's gradients (and
+    // hence any trained update) on a GGUF base are those of the Hugging Face base, and the saved
+    // adapter applies to the Hugging Face weights unchanged.
+    let dir = fixtures().join("llama31");
+    let adapter = dir.join("adapters/lora");
+    let (expected, batch) = fixture_batch("llama31")?;
+    let hf = with_adapter(base("llama31")?, &adapter)?;
+    let gguf_base = load(
+        &ModelSource::Gguf(dir.join("model.f32.gguf")),
+        &LoadOptions::default(),
+    )?
+    .model;
+    let gguf = with_adapter(gguf_base, &adapter)?;
+    let loss = |lp: &rdro_models::TokenLogProbs| Ok((lp.per_sequence()?.sum_all()?, ()));
+    let (_, g_hf) = hf.value_and_grad(&batch, ForwardMode::POLICY_EVAL, false, loss)?;
+    let (_, g_gguf) = gguf.value_and_grad(&batch, ForwardMode::POLICY_EVAL, false, loss)?;
+    for ((name, _), (a, b)) in hf
+        .trainable_parameters()
+        .iter()
+        .zip(g_hf.iter().zip(&g_gguf))
+    {
+        let scale = a.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            scale > 0.0 && d <= 1e-3 * scale,
+            "{name}: GGUF-base gradient differs by {d} (scale {scale})"
+        );
+    }
+    // A step of plain gradient ascent on the GGUF base, saved, and applied to the HF base.
+    let mut tensors = gguf.adapter_tensors();
+    for ((name, _), g) in gguf.trainable_parameters().iter().zip(&g_gguf) {
+        let module = name
+            .trim_end_matches(".lora_A.weight")
+            .trim_end_matches(".lora_B.weight");
+        let entry = tensors.get_mut(module).ok_or("module")?;
+        if name.ends_with("lora_A.weight") {
+            entry.0 = (&entry.0 + (g * 1e-2)?)?;
+        } else {
+            entry.1 = (&entry.1 + (g * 1e-2)?)?;
+        }
+    }
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("trained-on-gguf");
+    let config = AdapterConfig::read(&adapter)?;
+    save_adapter(&out, &config, &tensors, SaveDType::F32, None, false)?;
+    let on_hf = with_adapter(base("llama31")?, &out)?;
+    let on_gguf = with_adapter(
+        load(
+            &ModelSource::Gguf(dir.join("model.f32.gguf")),
+            &LoadOptions::default(),
+        )?
+        .model,
+        &out,
+    )?;
+    let a = on_hf
+        .token_log_probs(&batch, ForwardMode::POLICY_EVAL)?
+        .to_dense()?;
+    let b = on_gguf
+        .token_log_probs(&batch, ForwardMode::POLICY_EVAL)?
+        .to_dense()?;
+    let b = Tensor::new(
+        b.iter().flatten().copied().collect::<Vec<f32>>(),
+        &Device::Cpu,
+    )?
+    .reshape((3, 20))?;
+    assert!(max_abs_diff(&a, &b)? < 1e-4);
+    // The step moved the model (towards higher log-probs).
+    let before = expected["logp_lora"].sum_all()?.to_scalar::<f32>()?;
+    let after: f32 = a.iter().flatten().sum();
+    assert!(after > before + 1e-3, "{before} -> {after}");
     Ok(())
 }

@@ -16,9 +16,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::data::DataConfig;
-use crate::objective::{
-    Alpha, DdroConfig, DpoConfig, KtoConfig, Objective, Reduction, RdroConfig,
-};
+use crate::objective::{Alpha, DdroConfig, DpoConfig, KtoConfig, Objective, RdroConfig, Reduction};
 use crate::optim::{AdamWConfig, ScheduleKind};
 use crate::synthetic::SyntheticConfig;
 
@@ -158,13 +156,10 @@ impl ModelSection {
             "cpu" => Ok(candle_core::Device::Cpu),
             d if d == "cuda" || d.starts_with("cuda:") => {
                 let ordinal = match d.strip_prefix("cuda:") {
-                    Some(n) => n
-                        .parse::<usize>()
-                        .map_err(|_| bad(format!("{d:?}")))?,
+                    Some(n) => n.parse::<usize>().map_err(|_| bad(format!("{d:?}")))?,
                     None => 0,
                 };
-                candle_core::Device::new_cuda(ordinal)
-                    .map_err(|e| bad(format!("{d:?} ({e})")))
+                candle_core::Device::new_cuda(ordinal).map_err(|e| bad(format!("{d:?} ({e})")))
             }
             other => Err(bad(format!("{other:?}"))),
         }
@@ -278,7 +273,11 @@ impl ObjectiveSection {
         let k = self.kind;
         let checks: [(&str, bool, &[ObjectiveKind]); 6] = [
             ("objective.alpha", self.alpha.is_some(), &[Rdro]),
-            ("objective.reduction", self.reduction.is_some(), &[Rdro, Ddro]),
+            (
+                "objective.reduction",
+                self.reduction.is_some(),
+                &[Rdro, Ddro],
+            ),
             ("objective.beta", self.beta.is_some(), &[Kto, Dpo]),
             ("objective.ddro_clip", self.ddro_clip.is_some(), &[Ddro]),
             (
@@ -294,11 +293,14 @@ impl ObjectiveSection {
         ];
         for (key, set, kinds) in checks {
             if set && !kinds.contains(&k) {
-                let names: Vec<String> = kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect();
+                let names: Vec<String> = kinds
+                    .iter()
+                    .map(|k| format!("{k:?}").to_lowercase())
+                    .collect();
                 return Err(invalid(
                     key,
                     &format!("to be set only for kind {}", names.join(" or ")),
-                    format!("it set with kind = {:?}", format!("{k:?}").to_lowercase()),
+                    format!("a value with kind = {:?}", format!("{k:?}").to_lowercase()),
                 ));
             }
         }
@@ -540,7 +542,10 @@ fn section<T: serde::de::DeserializeOwned>(
         .map_err(|e| ConfigError::Parse(format!("in section [{name}]: {}", e.message().trim())))
 }
 
-fn required<T: serde::de::DeserializeOwned>(table: &toml::Table, name: &str) -> Result<T, ConfigError> {
+fn required<T: serde::de::DeserializeOwned>(
+    table: &toml::Table,
+    name: &str,
+) -> Result<T, ConfigError> {
     section(table, name)?.ok_or_else(|| {
         ConfigError::Parse(format!("the section [{name}] is missing (it is required)"))
     })
@@ -552,8 +557,9 @@ fn with_defaults<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     match section(table, name)? {
         Some(v) => Ok(v),
-        None => T::deserialize(toml::Value::Table(toml::Table::new()))
-            .map_err(|e| ConfigError::Parse(format!("in section [{name}]: {}", e.message().trim()))),
+        None => T::deserialize(toml::Value::Table(toml::Table::new())).map_err(|e| {
+            ConfigError::Parse(format!("in section [{name}]: {}", e.message().trim()))
+        }),
     }
 }
 
@@ -561,7 +567,9 @@ fn with_defaults<T: serde::de::DeserializeOwned>(
 fn parse_override_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -652,11 +660,17 @@ impl Config {
     /// Checks every value that can be checked without the data; errors name the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.model.base.trim().is_empty() {
-            return Err(invalid("model.base", "a folder, a .gguf file or a Hub id", "\"\""));
+            return Err(invalid(
+                "model.base",
+                "a folder, a .gguf file or a Hub id",
+                "\"\"",
+            ));
         }
         self.model.quant_type()?;
         self.model.dtype()?;
-        if !matches!(self.model.device.as_str(), "cpu" | "cuda") && !self.model.device.starts_with("cuda:") {
+        if !matches!(self.model.device.as_str(), "cpu" | "cuda")
+            && !self.model.device.starts_with("cuda:")
+        {
             return Err(invalid(
                 "model.device",
                 "\"cpu\", \"cuda\" or \"cuda:N\"",
@@ -707,7 +721,11 @@ impl Config {
             return Err(invalid("train.lr", "a finite number > 0", t.lr));
         }
         if !(0.0..1.0).contains(&t.warmup_ratio) {
-            return Err(invalid("train.warmup_ratio", "a number in [0, 1)", t.warmup_ratio));
+            return Err(invalid(
+                "train.warmup_ratio",
+                "a number in [0, 1)",
+                t.warmup_ratio,
+            ));
         }
         if t.warmup_steps.is_some() && t.warmup_ratio > 0.0 {
             return Err(invalid(
@@ -725,9 +743,21 @@ impl Config {
         }
         let adam = t.adamw();
         for (key, v, ok) in [
-            ("train.adam_beta1", adam.beta1, (0.0..1.0).contains(&adam.beta1)),
-            ("train.adam_beta2", adam.beta2, (0.0..1.0).contains(&adam.beta2)),
-            ("train.adam_epsilon", adam.eps, adam.eps >= 0.0 && adam.eps.is_finite()),
+            (
+                "train.adam_beta1",
+                adam.beta1,
+                (0.0..1.0).contains(&adam.beta1),
+            ),
+            (
+                "train.adam_beta2",
+                adam.beta2,
+                (0.0..1.0).contains(&adam.beta2),
+            ),
+            (
+                "train.adam_epsilon",
+                adam.eps,
+                adam.eps >= 0.0 && adam.eps.is_finite(),
+            ),
             (
                 "train.weight_decay",
                 adam.weight_decay,
@@ -735,7 +765,11 @@ impl Config {
             ),
         ] {
             if !ok {
-                return Err(invalid(key, "a number in [0, 1) (betas) or a finite number >= 0", v));
+                return Err(invalid(
+                    key,
+                    "a number in [0, 1) (betas) or a finite number >= 0",
+                    v,
+                ));
             }
         }
         if t.max_bad_steps == 0 {

@@ -114,7 +114,11 @@ impl SyntheticConfig {
             return Err(bad("vocab_size", "an even number >= 8", self.vocab_size));
         }
         if self.hidden_size == 0 || self.hidden_size % 16 != 0 {
-            return Err(bad("hidden_size", "a positive multiple of 16", self.hidden_size));
+            return Err(bad(
+                "hidden_size",
+                "a positive multiple of 16",
+                self.hidden_size,
+            ));
         }
         for (k, v) in [
             ("layers", self.layers),
@@ -198,8 +202,18 @@ pub fn ensure(config: &SyntheticConfig) -> Result<bool, SyntheticError> {
     rdro_lora::peft::write_dir_atomically(dir, true, |tmp| -> Result<(), SyntheticError> {
         write_model(config, &tmp.join("base"))?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed ^ 0x5eed_da7a);
-        write_rows(config, config.train_prompts, &tmp.join("train.jsonl"), &mut rng)?;
-        write_rows(config, config.eval_prompts, &tmp.join("eval.jsonl"), &mut rng)?;
+        write_rows(
+            config,
+            config.train_prompts,
+            &tmp.join("train.jsonl"),
+            &mut rng,
+        )?;
+        write_rows(
+            config,
+            config.eval_prompts,
+            &tmp.join("eval.jsonl"),
+            &mut rng,
+        )?;
         let path = tmp.join(STAMP_FILE);
         std::fs::write(&path, &want).map_err(|source| SyntheticError::Io {
             path: path.display().to_string(),
@@ -276,8 +290,11 @@ fn write_model(config: &SyntheticConfig, dir: &Path) -> Result<(), SyntheticErro
         "torch_dtype": "float32",
     });
     let path = dir.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default())
-        .map_err(io(&path))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )
+    .map_err(io(&path))?;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
     let dev = Device::Cpu;

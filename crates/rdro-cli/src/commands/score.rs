@@ -57,15 +57,25 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     };
     let options = TokenizeOptions {
         truncation: match args.max_length {
-            Some(n) => TruncationConfig { max_length: Some(n), max_prompt_length: None, ..TruncationConfig::none() },
+            Some(n) => TruncationConfig {
+                max_length: Some(n),
+                max_prompt_length: None,
+                ..TruncationConfig::none()
+            },
             None => TruncationConfig::none(),
         },
         ..Default::default()
     };
     let data = tokenize_dataset(&dataset, tokenizer.as_ref(), &options)?;
 
-    let loaded = load(&source, &LoadOptions { quantization: quant, ..Default::default() })
-        .with_context(|| format!("loading {}", args.base.display()))?;
+    let loaded = load(
+        &source,
+        &LoadOptions {
+            quantization: quant,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("loading {}", args.base.display()))?;
     for line in loaded.report.summary() {
         eprintln!("quantization: {line}");
     }
@@ -78,18 +88,33 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             .with_context(|| format!("applying the adapter {}", dir.display()))?;
     }
     let vocab = model.config.vocab_size;
-    if let Some(bad) = data.examples.iter().find(|e| e.prompt_ids.iter().chain(&e.completion_ids).any(|&i| i as usize >= vocab)) {
-        bail!("{}: token ids outside the model's vocabulary (size {vocab})", bad.source);
+    if let Some(bad) = data.examples.iter().find(|e| {
+        e.prompt_ids
+            .iter()
+            .chain(&e.completion_ids)
+            .any(|&i| i as usize >= vocab)
+    }) {
+        bail!(
+            "{}: token ids outside the model's vocabulary (size {vocab})",
+            bad.source
+        );
     }
     // Padding never reaches a score (masked), so any id in the vocabulary will do.
     let pad = 0;
     let progress = indicatif::ProgressBar::new(data.examples.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("scoring {bar:30} {pos}/{len} rows [{elapsed} < {eta}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "scoring {bar:30} {pos}/{len} rows [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let scores = score_examples(&model, &data.examples, args.batch_size, args.adapter.is_some(), pad, |n| {
-        progress.set_position(n as u64)
-    })?;
+    let scores = score_examples(
+        &model,
+        &data.examples,
+        args.batch_size,
+        args.adapter.is_some(),
+        pad,
+        |n| progress.set_position(n as u64),
+    )?;
     progress.finish_and_clear();
     let lines = render(&data.examples, &scores);
     write_lines(args.out.as_deref(), &lines)
@@ -101,12 +126,17 @@ fn render(examples: &[TokenizedExample], scores: &[SequenceScore]) -> Vec<String
     let mut i = 0;
     while i < examples.len() {
         let e = &examples[i];
-        let paired = e.pair_id.is_some() && examples.get(i + 1).is_some_and(|n| n.pair_id == e.pair_id);
+        let paired =
+            e.pair_id.is_some() && examples.get(i + 1).is_some_and(|n| n.pair_id == e.pair_id);
         if paired {
-            lines.push(json!({"index": e.index, "chosen": scores[i], "rejected": scores[i + 1]}).to_string());
+            lines.push(
+                json!({"index": e.index, "chosen": scores[i], "rejected": scores[i + 1]})
+                    .to_string(),
+            );
             i += 2;
         } else {
-            let mut v = json!({"index": e.index, "logp": scores[i].logp, "n_tokens": scores[i].n_tokens});
+            let mut v =
+                json!({"index": e.index, "logp": scores[i].logp, "n_tokens": scores[i].n_tokens});
             if let Some(a) = scores[i].logp_adapter {
                 v["logp_adapter"] = json!(a);
             }

@@ -24,12 +24,23 @@ pub fn fixtures() -> PathBuf {
 
 /// The padded batch and the expected tensors of a fixture model.
 pub fn fixture_batch(name: &str) -> R<(HashMap<String, Tensor>, Batch)> {
-    let expected = candle_core::safetensors::load(fixtures().join(name).join("expected.safetensors"), &Device::Cpu)?;
-    let ids = expected["input_ids"].to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    let expected = candle_core::safetensors::load(
+        fixtures().join(name).join("expected.safetensors"),
+        &Device::Cpu,
+    )?;
+    let ids = expected["input_ids"]
+        .to_dtype(DType::U32)?
+        .to_vec2::<u32>()?;
     let attn = expected["attention_mask"].to_vec2::<i64>()?;
     let target = expected["target_mask"].to_vec2::<i64>()?;
-    let lengths = attn.iter().map(|r| r.iter().filter(|m| **m == 1).count()).collect();
-    let target = target.iter().map(|r| r.iter().map(|m| *m == 1).collect()).collect();
+    let lengths = attn
+        .iter()
+        .map(|r| r.iter().filter(|m| **m == 1).count())
+        .collect();
+    let target = target
+        .iter()
+        .map(|r| r.iter().map(|m| *m == 1).collect())
+        .collect();
     let batch = Batch::from_padded(ids, lengths, target)?;
     Ok((expected, batch))
 }
@@ -61,7 +72,11 @@ pub fn copy_dir(from: &Path, to: &Path) -> R<()> {
 /// Names in `dir`, sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -83,7 +98,10 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -131,7 +149,10 @@ impl MockHub {
     pub fn start(token: Option<&str>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("address");
-        let state = Arc::new(Mutex::new(HubState { token: token.map(str::to_string), ..Default::default() }));
+        let state = Arc::new(Mutex::new(HubState {
+            token: token.map(str::to_string),
+            ..Default::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (state.clone(), stop.clone());
         let url = format!("http://{addr}");
@@ -146,7 +167,13 @@ impl MockHub {
                 }
             }
         });
-        Self { url, state, stop, addr, thread: Some(thread) }
+        Self {
+            url,
+            state,
+            stop,
+            addr,
+            thread: Some(thread),
+        }
     }
 
     pub fn with_state<T>(&self, f: impl FnOnce(&mut HubState) -> T) -> T {
@@ -197,13 +224,19 @@ fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Request>> {
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size)?;
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
             let mut chunk = vec![0u8; n + 2];
             reader.read_exact(&mut chunk)?;
             if n == 0 {
@@ -215,10 +248,22 @@ fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<Request>> {
         body.resize(n, 0);
         reader.read_exact(&mut body)?;
     }
-    Ok(Some(Request { method, path, query, headers, body }))
+    Ok(Some(Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    }))
 }
 
-fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8], head_only: bool) -> std::io::Result<()> {
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, String)],
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         401 => "Unauthorized",
@@ -226,7 +271,10 @@ fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body
         409 => "Conflict",
         _ => "Error",
     };
-    let mut out = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         out += &format!("{k}: {v}\r\n");
     }
@@ -238,21 +286,42 @@ fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body
     stream.flush()
 }
 
-fn json_response(stream: &mut TcpStream, status: u16, value: serde_json::Value) -> std::io::Result<()> {
-    respond(stream, status, &[("Content-Type", "application/json".into())], value.to_string().as_bytes(), false)
+fn json_response(
+    stream: &mut TcpStream,
+    status: u16,
+    value: serde_json::Value,
+) -> std::io::Result<()> {
+    respond(
+        stream,
+        status,
+        &[("Content-Type", "application/json".into())],
+        value.to_string().as_bytes(),
+        false,
+    )
 }
 
 fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std::io::Result<()> {
-    let Some(req) = read_request(&mut stream)? else { return Ok(()) };
+    let Some(req) = read_request(&mut stream)? else {
+        return Ok(());
+    };
     let mut st = state.lock().expect("state");
     st.requests.push(req.clone());
     if let Some(token) = &st.token {
         if req.header("authorization") != Some(&format!("Bearer {token}")) {
             drop(st);
-            return json_response(&mut stream, 401, serde_json::json!({"error": "Invalid credentials"}));
+            return json_response(
+                &mut stream,
+                401,
+                serde_json::json!({"error": "Invalid credentials"}),
+            );
         }
     }
-    let segs: Vec<String> = req.path.trim_start_matches('/').split('/').map(percent_decode).collect();
+    let segs: Vec<String> = req
+        .path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
     let seg: Vec<&str> = segs.iter().map(String::as_str).collect();
     let json_body = || serde_json::from_slice::<serde_json::Value>(&req.body).unwrap_or_default();
     match (req.method.as_str(), seg.as_slice()) {
@@ -265,21 +334,39 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
             };
             if st.repos.contains_key(&id) {
                 drop(st);
-                return json_response(&mut stream, 409, serde_json::json!({"error": "You already created this model repo"}));
+                return json_response(
+                    &mut stream,
+                    409,
+                    serde_json::json!({"error": "You already created this model repo"}),
+                );
             }
-            st.repos.insert(id.clone(), BTreeSet::from(["main".to_string()]));
-            st.created.push((id.clone(), b["private"].as_bool().unwrap_or(false)));
+            st.repos
+                .insert(id.clone(), BTreeSet::from(["main".to_string()]));
+            st.created
+                .push((id.clone(), b["private"].as_bool().unwrap_or(false)));
             drop(st);
-            json_response(&mut stream, 200, serde_json::json!({"url": format!("{base}/{id}")}))
+            json_response(
+                &mut stream,
+                200,
+                serde_json::json!({"url": format!("{base}/{id}")}),
+            )
         }
         ("GET", ["api", "models", owner, name]) => {
             let id = format!("{owner}/{name}");
             let found = st.repos.contains_key(&id);
             drop(st);
             if found {
-                json_response(&mut stream, 200, serde_json::json!({"id": id, "sha": "0".repeat(40)}))
+                json_response(
+                    &mut stream,
+                    200,
+                    serde_json::json!({"id": id, "sha": "0".repeat(40)}),
+                )
             } else {
-                json_response(&mut stream, 404, serde_json::json!({"error": "Repository not found"}))
+                json_response(
+                    &mut stream,
+                    404,
+                    serde_json::json!({"error": "Repository not found"}),
+                )
             }
         }
         ("GET", ["api", "models", owner, name, "revision", rev]) => {
@@ -287,9 +374,17 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
             let found = st.repos.get(&id).is_some_and(|b| b.contains(*rev));
             drop(st);
             if found {
-                json_response(&mut stream, 200, serde_json::json!({"id": id, "sha": "1".repeat(40)}))
+                json_response(
+                    &mut stream,
+                    200,
+                    serde_json::json!({"id": id, "sha": "1".repeat(40)}),
+                )
             } else {
-                json_response(&mut stream, 404, serde_json::json!({"error": "Revision not found"}))
+                json_response(
+                    &mut stream,
+                    404,
+                    serde_json::json!({"error": "Revision not found"}),
+                )
             }
         }
         ("POST", ["api", "models", owner, name, "branch", branch]) => {
@@ -302,13 +397,21 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
                 None => false,
             };
             drop(st);
-            json_response(&mut stream, if ok { 200 } else { 404 }, serde_json::json!({}))
+            json_response(
+                &mut stream,
+                if ok { 200 } else { 404 },
+                serde_json::json!({}),
+            )
         }
         ("POST", ["api", "models", owner, name, "preupload", _rev]) => {
             let id = format!("{owner}/{name}");
             if !st.repos.contains_key(&id) {
                 drop(st);
-                return json_response(&mut stream, 404, serde_json::json!({"error": "Repository not found"}));
+                return json_response(
+                    &mut stream,
+                    404,
+                    serde_json::json!({"error": "Repository not found"}),
+                );
             }
             let files: Vec<serde_json::Value> = json_body()["files"]
                 .as_array()
@@ -327,14 +430,18 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
             drop(st);
             json_response(&mut stream, 200, serde_json::json!({"files": files}))
         }
-        ("POST", [_owner, repo_git, "info", "lfs", "objects", "batch"]) if repo_git.ends_with(".git") => {
+        ("POST", [_owner, repo_git, "info", "lfs", "objects", "batch"])
+            if repo_git.ends_with(".git") =>
+        {
             // Offer only the basic transfer: the client then sends the content inline.
             drop(st);
             respond(
                 &mut stream,
                 200,
                 &[("Content-Type", "application/vnd.git-lfs+json".into())],
-                serde_json::json!({"transfer": "basic", "objects": []}).to_string().as_bytes(),
+                serde_json::json!({"transfer": "basic", "objects": []})
+                    .to_string()
+                    .as_bytes(),
                 false,
             )
         }
@@ -342,7 +449,11 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
             let id = format!("{owner}/{name}");
             if !st.repos.get(&id).is_some_and(|b| b.contains(*rev)) {
                 drop(st);
-                return json_response(&mut stream, 404, serde_json::json!({"error": "Revision not found"}));
+                return json_response(
+                    &mut stream,
+                    404,
+                    serde_json::json!({"error": "Revision not found"}),
+                );
             }
             let mut commit = Commit {
                 repo: id.clone(),
@@ -353,14 +464,22 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
             for line in req.body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let v: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
                 match v["key"].as_str() {
-                    Some("header") => commit.summary = v["value"]["summary"].as_str().unwrap_or_default().to_string(),
+                    Some("header") => {
+                        commit.summary = v["value"]["summary"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    }
                     Some("file") => {
                         let path = v["value"]["path"].as_str().unwrap_or_default().to_string();
-                        let content = base64_decode(v["value"]["content"].as_str().unwrap_or_default());
+                        let content =
+                            base64_decode(v["value"]["content"].as_str().unwrap_or_default());
                         commit.files.insert(path, content);
                     }
                     Some("lfsFile") => {
-                        commit.lfs_files.insert(v["value"]["path"].as_str().unwrap_or_default().to_string());
+                        commit
+                            .lfs_files
+                            .insert(v["value"]["path"].as_str().unwrap_or_default().to_string());
                     }
                     _ => {}
                 }
@@ -394,7 +513,11 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
                     respond(
                         &mut stream,
                         200,
-                        &[("ETag", etag), ("X-Repo-Commit", commit), ("Content-Type", "application/octet-stream".into())],
+                        &[
+                            ("ETag", etag),
+                            ("X-Repo-Commit", commit),
+                            ("Content-Type", "application/octet-stream".into()),
+                        ],
                         &bytes,
                         m == "HEAD",
                     )
@@ -402,7 +525,10 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
                 None => respond(
                     &mut stream,
                     404,
-                    &[("X-Repo-Commit", commit), ("X-Error-Code", "EntryNotFound".into())],
+                    &[
+                        ("X-Repo-Commit", commit),
+                        ("X-Error-Code", "EntryNotFound".into()),
+                    ],
                     b"Entry not found",
                     m == "HEAD",
                 ),
@@ -410,13 +536,19 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
         }
         _ => {
             drop(st);
-            json_response(&mut stream, 404, serde_json::json!({"error": format!("no route for {} {}", req.method, req.path)}))
+            json_response(
+                &mut stream,
+                404,
+                serde_json::json!({"error": format!("no route for {} {}", req.method, req.path)}),
+            )
         }
     }
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn percent_decode(s: &str) -> String {

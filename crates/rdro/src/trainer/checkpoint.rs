@@ -81,7 +81,11 @@ pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
 
 /// The step number of a checkpoint folder name `step-N`.
 fn step_of(path: &Path) -> Option<usize> {
-    path.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("step-")?
+        .parse()
+        .ok()
 }
 
 /// The folder name of the checkpoint after `step` steps.

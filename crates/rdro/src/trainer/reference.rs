@@ -24,10 +24,17 @@ fn hash_file_sample(hasher: &mut Sha256, path: &Path) -> Result<(), TrainError> 
     let io = |e| TrainError::io(path, e);
     let mut f = std::fs::File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
-    hasher.update(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    hasher.update(
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
     hasher.update(len.to_le_bytes());
     let mut buf = Vec::new();
-    (&mut f).take(SAMPLE_BYTES).read_to_end(&mut buf).map_err(io)?;
+    (&mut f)
+        .take(SAMPLE_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
     hasher.update(&buf);
     if len > 2 * SAMPLE_BYTES {
         use std::io::{Seek, SeekFrom};
@@ -55,8 +62,13 @@ pub fn base_fingerprint(source: &ModelSource) -> Result<String, TrainError> {
                 .map_err(|e| TrainError::io(dir, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    name == "config.json" || name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    name == "config.json"
+                        || name.ends_with(".safetensors")
+                        || name.ends_with(".safetensors.index.json")
                 })
                 .collect();
             files.sort();
