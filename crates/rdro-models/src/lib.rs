@@ -2,7 +2,7 @@
 //!
 //! One decoder ([`LlamaModel`]) covers both families; [`ModelConfig`] reads a Hugging Face
 //! `config.json` (or GGUF metadata) and rejects what the decoder does not implement. Weights come
-//! from a Hugging Face folder (one safetensors file or shards) or a GGUF file ([`load`]), are held
+//! from a Hugging Face folder (one safetensors file or shards) or a GGUF file ([`load()`]), are held
 //! frozen (dense or quantized) and carry LoRA adapters from `rdro-lora`. The forward returns what
 //! training needs: log-probs of target tokens ([`TokenLogProbs`]), with the vocabulary projection
 //! computed in chunks, and gradients for the adapters only, optionally with per-layer activation

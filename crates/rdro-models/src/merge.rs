@@ -787,15 +787,16 @@ fn write_shard<'a>(
     w.write_all(&header).map_err(io)?;
     for t in tensors {
         let info = &shards.tensors[&t.name];
-        let bytes: Vec<u8> = match &t.update {
+        let bytes: std::borrow::Cow<'_, [u8]> = match &t.update {
             Some((module, a, b)) => {
                 let w0 = shards.tensor(&t.name)?;
                 let merged = rdro_lora::merge::merge_weight(&w0, a, b, scaling, dtype)?;
                 report.merged_modules.push(module.clone());
-                tensor_bytes(&merged)?
+                tensor_bytes(&merged)?.into()
             }
-            None if info.dtype == t.out_dtype => shards.bytes(info).to_vec(),
-            None => tensor_bytes(&shards.tensor(&t.name)?.to_dtype(dtype)?)?,
+            // Same dtype, no update: copied straight from the mapped input.
+            None if info.dtype == t.out_dtype => shards.bytes(info).into(),
+            None => tensor_bytes(&shards.tensor(&t.name)?.to_dtype(dtype)?)?.into(),
         };
         if bytes.len() as u64 != t.bytes {
             return Err(ModelError::Weights {
@@ -1077,7 +1078,7 @@ fn export_gguf_into(
 ) -> Result<GgufReport> {
     let shards = Shards::open(model_dir)?;
     let arch = config.architecture;
-    let tied = !shards.tensors.contains_key("lm_head.weight");
+    let tied = config.tie_word_embeddings;
     let mut report = GgufReport {
         path: out.to_path_buf(),
         ..Default::default()
@@ -1197,7 +1198,7 @@ fn export_gguf_into(
         }
     }
     add_hf(&mut plan, "model.norm.weight", &mut report)?;
-    if !tied && !config.tie_word_embeddings {
+    if !tied {
         add_hf(&mut plan, "lm_head.weight", &mut report)?;
     }
 
