@@ -1,0 +1,50 @@
+//! The offline default (`cargo xtask finetune` = `rdro finetune --config configs/default.toml`)
+//! runs end to end and RDRO raises the held-out preference accuracy from chance to well above it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn default_config_raises_held_out_preference_accuracy() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let work = tempfile::tempdir()?;
+    let out_dir = work.path().join("adapter");
+    let task = work.path().join("task");
+    let base = task.join("base");
+    let out = Command::new(env!("CARGO_BIN_EXE_rdro"))
+        .current_dir(&root)
+        .args([
+            "finetune",
+            "--config",
+            "configs/default.toml",
+            "--no-progress",
+        ])
+        .args(["--set", &format!("synthetic.dir=\"{}\"", task.display())])
+        .args(["--set", &format!("model.base=\"{}\"", base.display())])
+        .args(["--set", &format!("output.dir=\"{}\"", out_dir.display())])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "finetune failed:\n{stdout}\n{stderr}");
+    let text = format!("{stdout}{stderr}");
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("preference accuracy"))
+        .ok_or_else(|| format!("no accuracy line in:\n{text}"))?;
+    let values: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches('%').parse().ok())
+        .collect();
+    let [before, after] = values[..] else {
+        return Err(format!("cannot read {line:?}").into());
+    };
+    assert!(
+        (40.0..=60.0).contains(&before),
+        "before training: {before} %"
+    );
+    assert!(after >= 80.0, "after training: {after} %");
+    assert!(out_dir.join("adapter_config.json").is_file());
+    assert!(out_dir.join("adapter_model.safetensors").is_file());
+    assert!(out_dir.join("README.md").is_file());
+    Ok(())
+}
