@@ -1,7 +1,7 @@
 //! The training loop: from a validated [`Config`] to a PEFT adapter folder.
 //!
 //! [`run`] loads the base (frozen, optionally quantized), attaches or loads the adapters, prepares
-//! the data, computes the reference log-probs (adapter off; cached on disk, see [`reference`]),
+//! the data, computes the reference log-probs (adapter off; cached on disk, see [`mod@reference`]),
 //! evaluates once, trains with gradient accumulation, clipping, AdamW and a warmup schedule,
 //! evaluates every `output.eval_steps`, checkpoints every `output.save_steps` (and on interrupt),
 //! and finally evaluates again and writes the adapter.
