@@ -7,21 +7,22 @@ use std::process::Command;
 #[test]
 fn default_config_raises_held_out_preference_accuracy() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Run from an empty folder: the config's relative paths (generated task, adapter) land there.
     let work = tempfile::tempdir()?;
-    let out_dir = work.path().join("adapter");
-    let task = work.path().join("task");
-    let base = task.join("base");
+    std::fs::create_dir(work.path().join("configs"))?;
+    std::fs::copy(
+        root.join("configs/default.toml"),
+        work.path().join("configs/default.toml"),
+    )?;
+    let out_dir = work.path().join("adapters/default");
     let out = Command::new(env!("CARGO_BIN_EXE_rdro"))
-        .current_dir(&root)
+        .current_dir(work.path())
         .args([
             "finetune",
             "--config",
             "configs/default.toml",
             "--no-progress",
         ])
-        .args(["--set", &format!("synthetic.dir=\"{}\"", task.display())])
-        .args(["--set", &format!("model.base=\"{}\"", base.display())])
-        .args(["--set", &format!("output.dir=\"{}\"", out_dir.display())])
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
