@@ -321,28 +321,7 @@ pub fn download_model(repo_id: &str, options: &HubOptions) -> Result<PathBuf, Hu
 
 /// The shard file names an index lists, sorted and de-duplicated.
 fn index_shards(index: &Path) -> Result<Vec<String>, HubError> {
-    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
-        path: index.to_path_buf(),
-        source,
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Weights {
-        path: index.to_path_buf(),
-        message: format!("invalid JSON: {e}"),
-    })?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| ModelError::Weights {
-            path: index.to_path_buf(),
-            message: "no `weight_map` object".into(),
-        })?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    files.sort();
-    files.dedup();
-    Ok(files)
+    Ok(crate::load::index_shard_names(index)?)
 }
 
 /// A blocking Hub client for these options (endpoint, cache and token given explicitly, so that

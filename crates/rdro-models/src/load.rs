@@ -122,33 +122,38 @@ impl SafetensorsReader {
     }
 }
 
+/// The shard file names `model.safetensors.index.json` lists, sorted and de-duplicated.
+pub fn index_shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|source| ModelError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Weights {
+        path: index.to_path_buf(),
+        message: format!("invalid JSON: {e}"),
+    })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| ModelError::Weights {
+            path: index.to_path_buf(),
+            message: "no `weight_map` object".into(),
+        })?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
 /// The safetensors files of a folder: the shards of `model.safetensors.index.json`, or the single
 /// `model.safetensors`.
 pub fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
-            path: index.clone(),
-            source,
-        })?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::Weights {
-                path: index.clone(),
-                message: format!("invalid JSON: {e}"),
-            })?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| ModelError::Weights {
-                path: index.clone(),
-                message: "no `weight_map` object".into(),
-            })?;
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
-        files.sort();
-        files.dedup();
+        let files = index_shard_names(&index)?;
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
             return Err(ModelError::Weights {
