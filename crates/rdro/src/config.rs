@@ -537,9 +537,23 @@ fn section<T: serde::de::DeserializeOwned>(
             value.type_str()
         )));
     }
-    T::deserialize(value.clone())
-        .map(Some)
-        .map_err(|e| ConfigError::Parse(format!("in section [{name}]: {}", e.message().trim())))
+    deserialize_section(value.clone(), name).map(Some)
+}
+
+/// Deserializes one section, naming the offending key (`train.lr`, not only "expected f64").
+fn deserialize_section<T: serde::de::DeserializeOwned>(
+    value: toml::Value,
+    name: &str,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().message().trim().to_string();
+        if path.is_empty() || path == "." {
+            ConfigError::Parse(format!("in section [{name}]: {message}"))
+        } else {
+            ConfigError::Parse(format!("key `{name}.{path}`: {message}"))
+        }
+    })
 }
 
 fn required<T: serde::de::DeserializeOwned>(
@@ -557,9 +571,7 @@ fn with_defaults<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     match section(table, name)? {
         Some(v) => Ok(v),
-        None => T::deserialize(toml::Value::Table(toml::Table::new())).map_err(|e| {
-            ConfigError::Parse(format!("in section [{name}]: {}", e.message().trim()))
-        }),
+        None => deserialize_section(toml::Value::Table(toml::Table::new()), name),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Resolving a base model spec: local paths, the local Hub cache (offline), and downloads through
 //! `hf-hub` from a Hub stand-in on 127.0.0.1 (see adapters_common).
 
-mod adapters_common;
+use crate::adapters_common;
 
 use std::path::{Path, PathBuf};
 

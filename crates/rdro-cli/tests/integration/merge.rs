@@ -1,8 +1,7 @@
 //! `rdro merge` end to end on the golden fixtures: the merged folder is PEFT's adapted model, the
 //! GGUF export loads, mismatches are refused unless --force, Hub ids resolve through the cache.
 
-#[path = "../../rdro-models/tests/adapters_common/mod.rs"]
-mod adapters_common;
+use crate::adapters_common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! fixture GGUF), and `load(ModelSource::Gguf)` gives the adapted model's log-probs within the
 //! quantization's error.
 
-mod adapters_common;
+use crate::adapters_common;
 
 use std::fs::File;
 use std::io::BufReader;

@@ -3,7 +3,7 @@
 //! on preferred samples keeps growing, while RDRO's mean preferred log-ratio settles near its bound
 //! log(1/alpha).
 
-mod trainer_common;
+use crate::trainer_common;
 
 use rdro::trainer::{self, EvalRecord, Outcome, RunOptions};
 use trainer_common::Recorder;

@@ -59,7 +59,7 @@ fn unknown_keys_are_rejected_naming_the_key() {
     let err = Config::from_toml(&format!("{MINIMAL}[train]\nlearning_rate = 1e-4\n")).unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("learning_rate") && msg.contains("[train]"),
+        msg.contains("`train.learning_rate`") && msg.contains("expected one of"),
         "{msg}"
     );
     let err = Config::from_toml(&format!("{MINIMAL}[trian]\nlr = 1e-4\n")).unwrap_err();
@@ -100,11 +100,14 @@ fn bad_values_are_rejected_naming_the_key() {
     let err = Config::from_toml(&format!("{MINIMAL}[train]\nlr = \"fast\"\n"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("[train]"), "{err}");
+    assert!(
+        err.contains("`train.lr`") && err.contains("expected f64"),
+        "{err}"
+    );
     let err = Config::from_toml(&format!("{MINIMAL}[objective]\nkind = \"ppo\"\n"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("ppo") && err.contains("[objective]"), "{err}");
+    assert!(err.contains("ppo") && err.contains("objective"), "{err}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Reference log-probs are cached on disk under a key of everything they depend on, reused by a
 //! later run with the same key, recomputed when the key changes, and equal to per-step ones.
 
-mod trainer_common;
+use crate::trainer_common;
 
 use rdro::trainer::{self, Outcome, RunOptions};
 use trainer_common::Recorder;

@@ -1,8 +1,7 @@
 //! `rdro publish` end to end against a Hub stand-in on 127.0.0.1 started by the test: what
 //! arrives, where the token comes from, and that it is never printed.
 
-#[path = "../../rdro-models/tests/adapters_common/mod.rs"]
-mod adapters_common;
+use crate::adapters_common;
 
 use std::path::Path;
 use std::process::{Command, Output};

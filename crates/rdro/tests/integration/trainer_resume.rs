@@ -1,7 +1,7 @@
 //! A run stopped after step k and resumed ends with an adapter bit-identical to an uninterrupted
 //! run of the same config (CPU), with shuffling, dropout, accumulation, warmup and clipping on.
 
-mod trainer_common;
+use crate::trainer_common;
 
 use rdro::trainer::{self, Outcome, Resume, RunOptions, Silent};
 

@@ -5,10 +5,10 @@
 //! - adapters written by PEFT load in rdro, give PEFT's log-probs, and survive a re-save;
 //! - what rdro does not support is refused with an error naming the file and the feature.
 //!
-//! `RDRO_BLESS_FIXTURES=1 cargo test -p rdro-models --test adapters_interop` rewrites the
+//! `RDRO_BLESS_FIXTURES=1 cargo test -p rdro-models --test integration adapters_interop::` rewrites the
 //! rdro-written adapter fixtures instead of comparing them.
 
-mod adapters_common;
+use crate::adapters_common;
 
 use std::path::{Path, PathBuf};
 

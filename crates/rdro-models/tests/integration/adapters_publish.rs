@@ -1,7 +1,7 @@
 //! Publishing adapter and model folders: the checks before any upload, and the requests the
 //! `hf-hub` client sends, received by a Hub stand-in on 127.0.0.1 (see adapters_common).
 
-mod adapters_common;
+use crate::adapters_common;
 
 use std::path::Path;
 

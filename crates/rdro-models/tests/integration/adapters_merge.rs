@@ -2,7 +2,7 @@
 //! against PEFT's `merge_and_unload` (fixtures `merged_<adapter>.safetensors`, see
 //! tests/fixtures/README.md) and against the log-probs PEFT computes with the adapter unmerged.
 
-mod adapters_common;
+use crate::adapters_common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

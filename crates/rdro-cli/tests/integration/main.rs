@@ -1,0 +1,12 @@
+//! End-to-end tests of the `rdro` binary.
+//!
+//! One test binary per crate (each module was once its own binary): every binary links all of
+//! candle, so one link instead of many saves minutes and gigabytes. Run one module with
+//! `cargo test -p rdro-cli --test integration <module>::`.
+
+#[path = "../../../rdro-models/tests/integration/adapters_common/mod.rs"]
+mod adapters_common;
+mod finetune_default;
+mod merge;
+mod publish;
+mod score;

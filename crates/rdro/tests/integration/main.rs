@@ -1,0 +1,17 @@
+//! Integration tests of the `rdro` crate: data, objectives, config and trainer.
+//!
+//! One test binary per crate (each module was once its own binary): every binary links all of
+//! candle, so one link instead of many saves minutes and gigabytes. Run one module with
+//! `cargo test -p rdro --test integration <module>::`.
+
+mod configs;
+mod data_golden;
+mod data_malformed;
+mod data_readers;
+mod data_tokenize;
+mod objectives;
+mod trainer_common;
+mod trainer_divergence;
+mod trainer_fixture;
+mod trainer_reference_cache;
+mod trainer_resume;
