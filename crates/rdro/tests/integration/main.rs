@@ -13,5 +13,6 @@ mod objectives;
 mod trainer_common;
 mod trainer_divergence;
 mod trainer_fixture;
+mod trainer_objectives;
 mod trainer_reference_cache;
 mod trainer_resume;
