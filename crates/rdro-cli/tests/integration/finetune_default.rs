@@ -4,16 +4,22 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn default_config_raises_held_out_preference_accuracy() -> Result<(), Box<dyn std::error::Error>> {
+/// An empty working folder holding only `configs/default.toml`: the config's relative paths
+/// (generated task, adapter) land there.
+pub fn folder_with_default_config() -> std::io::Result<tempfile::TempDir> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    // Run from an empty folder: the config's relative paths (generated task, adapter) land there.
     let work = tempfile::tempdir()?;
     std::fs::create_dir(work.path().join("configs"))?;
     std::fs::copy(
         root.join("configs/default.toml"),
         work.path().join("configs/default.toml"),
     )?;
+    Ok(work)
+}
+
+#[test]
+fn default_config_raises_held_out_preference_accuracy() -> Result<(), Box<dyn std::error::Error>> {
+    let work = folder_with_default_config()?;
     let out_dir = work.path().join("adapters/default");
     let out = Command::new(env!("CARGO_BIN_EXE_rdro"))
         .current_dir(work.path())

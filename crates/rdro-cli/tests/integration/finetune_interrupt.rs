@@ -2,7 +2,6 @@
 //! continue, and leaves no adapter at the final path.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -10,13 +9,7 @@ use std::time::Duration;
 #[cfg(unix)]
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_exits_cleanly() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let work = tempfile::tempdir()?;
-    std::fs::create_dir(work.path().join("configs"))?;
-    std::fs::copy(
-        root.join("configs/default.toml"),
-        work.path().join("configs/default.toml"),
-    )?;
+    let work = super::finetune_default::folder_with_default_config()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_rdro"))
         .current_dir(work.path())
         .args([

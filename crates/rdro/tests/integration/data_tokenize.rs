@@ -9,60 +9,20 @@ use rdro::data::{
 };
 use serde_json::json;
 
+use crate::tokenizer_common::{write_word_level, SPECIALS};
+
 const WORDS: [&str; 12] = [
     "hi", "hello", "there", "how", "are", "you", "fine", "bad", "sky", "is", "blue", "green",
 ];
 
-/// Writes tokenizer.json (word level, specials `<s>` `</s>` `<unk>` `<|user|>` `<|assistant|>`
-/// `<|system|>`) and tokenizer_config.json with `config` merged in.
+/// The tiny tokenizer over [`WORDS`], with `config` merged into its tokenizer_config.json.
 fn tiny_tokenizer(dir: &Path, config: serde_json::Value) -> TokenizerBundle {
-    let specials = [
-        "<s>",
-        "</s>",
-        "<unk>",
-        "<|user|>",
-        "<|assistant|>",
-        "<|system|>",
-    ];
-    let mut vocab = serde_json::Map::new();
-    for (i, token) in specials.iter().chain(WORDS.iter()).enumerate() {
-        vocab.insert(token.to_string(), json!(i));
-    }
-    let added: Vec<_> = specials
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": true})
-        })
-        .collect();
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    let mut base = json!({
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "chat_template": "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|> {{ m.content }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-    });
-    for (k, v) in config.as_object().unwrap() {
-        base[k] = v.clone();
-    }
-    std::fs::write(dir.join("tokenizer_config.json"), base.to_string()).unwrap();
+    write_word_level(dir, &WORDS, config);
     TokenizerBundle::from_dir(dir).unwrap()
 }
 
 fn id(word: &str) -> u32 {
-    let specials = [
-        "<s>",
-        "</s>",
-        "<unk>",
-        "<|user|>",
-        "<|assistant|>",
-        "<|system|>",
-    ];
-    specials
+    SPECIALS
         .iter()
         .chain(WORDS.iter())
         .position(|t| *t == word)

@@ -10,6 +10,7 @@ mod data_malformed;
 mod data_readers;
 mod data_tokenize;
 mod objectives;
+mod tokenizer_common;
 mod trainer_common;
 mod trainer_divergence;
 mod trainer_fixture;

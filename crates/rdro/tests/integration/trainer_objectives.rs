@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::tokenizer_common::write_word_level;
 use crate::trainer_common::{self, Recorder};
 use candle_core::{Device, Tensor};
 use rdro::trainer::{self, EvalRecord, Observer, Outcome, RunOptions, StepRecord};
@@ -43,9 +44,7 @@ fn kto_learns_the_preference_on_unpaired_rows() {
     assert_eq!(rec.info.unwrap().objective, "kto");
 }
 
-// Words of the tiny tokenizer: prompts use `p*`, preferred answers `e*`, rejected ones `o*`.
-const SPECIALS: [&str; 5] = ["<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>"];
-
+/// Words of the tiny tokenizer: prompts use `p*`, preferred answers `e*`, rejected ones `o*`.
 fn words() -> Vec<String> {
     let mut w = Vec::new();
     for prefix in ["p", "e", "o"] {
@@ -54,37 +53,10 @@ fn words() -> Vec<String> {
     w
 }
 
-/// A word-level tokenizer with a chat template, written as the Hugging Face files.
+/// A word-level tokenizer whose chat template closes every turn with EOS.
 fn write_tokenizer(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut vocab = serde_json::Map::new();
-    for (i, token) in SPECIALS
-        .iter()
-        .map(|s| s.to_string())
-        .chain(words())
-        .enumerate()
-    {
-        vocab.insert(token, json!(i));
-    }
-    let added: Vec<_> = SPECIALS
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
-        })
-        .collect();
-    let tokenizer = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    let config = json!({
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "chat_template": "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|> {{ m.content }} </s> {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-    });
-    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let template = "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|> {{ m.content }} </s> {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}";
+    write_word_level(dir, &words(), json!({ "chat_template": template }));
 }
 
 /// Paired conversational rows in TRL's explicit-prompt form.
