@@ -87,7 +87,8 @@ impl LoraAdapter {
         };
         let a = self.a.as_tensor().to_dtype(x.dtype())?;
         let b = self.b.as_tensor().to_dtype(x.dtype())?;
-        x.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scaling
+        // Scale the rank-r intermediate, not the [rows, out] result: same value, r/out the work.
+        (x.matmul(&a.t()?)? * self.scaling)?.matmul(&b.t()?)
     }
 }
 

@@ -167,8 +167,39 @@ fn kernels() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+fn gemms() -> Result<(), Box<dyn std::error::Error>> {
+    let mut rw = RandomWeights { state: 7, config: qwen_05b(1) };
+    let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<f64> {
+        f()?;
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let s = Instant::now();
+            f()?;
+            v.push(s.elapsed().as_secs_f64());
+        }
+        Ok(median(v))
+    };
+    let w = rw.tensor(&[4864, 896], 0.03)?;
+    let wt = w.t()?.contiguous()?;
+    let x = rw.tensor(&[512, 896], 1.0)?;
+    let g = rw.tensor(&[512, 4864], 1.0)?;
+    let flops = 2.0 * 512.0 * 896.0 * 4864.0 / 1e9;
+    let a = time(&|| x.matmul(&w.t()?))?;
+    let b = time(&|| x.matmul(&wt))?;
+    let c = time(&|| g.matmul(&w))?;
+    let d = time(&|| g.matmul(&wt.t()?))?;
+    println!("x·Wᵀ(strided) {:.1} GF/s, x·Wᵀ(contig) {:.1}, g·W {:.1}, g·(Wᵀ)ᵀ {:.1}", flops/a, flops/b, flops/c, flops/d);
+    let x3 = x.unsqueeze(0)?;
+    let e = time(&|| x3.broadcast_matmul(&w.t()?))?;
+    println!("3d x·Wᵀ {:.1}", flops/e);
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--gemm") {
+        return gemms();
+    }
     if args.iter().any(|a| a == "--kernels") {
         return kernels();
     }

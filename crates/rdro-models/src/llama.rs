@@ -151,8 +151,9 @@ impl DecoderLayer {
         // Grouped-query attention without copying keys and values: the query heads sharing a
         // key head are adjacent, so [b, h, t, d] is viewed as [b, kv, group * t, d].
         let group = h / kv;
-        let q = q.reshape((b, kv, group * t, d))?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+        // Scaling q ([.., t, d]) costs less than scaling the scores ([.., t, t]).
+        let q = (q.reshape((b, kv, group * t, d))? * (1.0 / (d as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?;
         let scores = scores.reshape((b, h, t, t))?.broadcast_add(&ctx.mask)?;
         let probs = softmax_last_dim(&scores)?.reshape((b, kv, group * t, t))?;
         let out = probs.matmul(&v)?.reshape((b, h, t, d))?.transpose(1, 2)?;
