@@ -49,7 +49,7 @@ impl QuantType {
 
     /// Whether a weight whose rows are `in_features` wide can be stored in this type.
     pub fn fits(self, in_features: usize) -> bool {
-        in_features % self.block_size() == 0
+        in_features.is_multiple_of(self.block_size())
     }
 
     /// The type used for a tensor `in_features` wide: this one when it fits, else the nearest

@@ -144,7 +144,7 @@ fn unpermute_rows(q: &QTensor, heads: usize, path: &Path) -> Result<QTensor> {
     let dims = q.shape().dims().to_vec();
     let rows = dims[0];
     let elems_per_row: usize = dims[1..].iter().product();
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(ModelError::Weights {
             path: path.to_path_buf(),
             message: format!(

@@ -1225,7 +1225,7 @@ fn export_gguf_into(
         head.extend_from_slice(&offset.to_le_bytes());
         offset += t.bytes.div_ceil(GGUF_ALIGNMENT) * GGUF_ALIGNMENT;
     }
-    while head.len() as u64 % GGUF_ALIGNMENT != 0 {
+    while !(head.len() as u64).is_multiple_of(GGUF_ALIGNMENT) {
         head.push(0);
     }
 

@@ -110,10 +110,10 @@ impl SyntheticConfig {
             expected: expected.into(),
             got: got.to_string(),
         };
-        if self.vocab_size < 8 || self.vocab_size % 2 != 0 {
+        if self.vocab_size < 8 || !self.vocab_size.is_multiple_of(2) {
             return Err(bad("vocab_size", "an even number >= 8", self.vocab_size));
         }
-        if self.hidden_size == 0 || self.hidden_size % 16 != 0 {
+        if self.hidden_size == 0 || !self.hidden_size.is_multiple_of(16) {
             return Err(bad(
                 "hidden_size",
                 "a positive multiple of 16",
@@ -271,7 +271,7 @@ fn write_model(config: &SyntheticConfig, dir: &Path) -> Result<(), SyntheticErro
     let h = config.hidden_size;
     let heads = h / 16;
     let kv = heads.div_ceil(2).max(1);
-    let kv = if heads % kv == 0 { kv } else { heads };
+    let kv = if heads.is_multiple_of(kv) { kv } else { heads };
     let inter = 2 * h;
     let json = serde_json::json!({
         "architectures": ["Qwen2ForCausalLM"],

@@ -115,7 +115,7 @@ impl Observer for Printer {
                 bar.set_message(msg);
             }
             None => {
-                if r.step % self.logging_steps == 0 {
+                if r.step.is_multiple_of(self.logging_steps) {
                     eprintln!("step {}: {msg}", r.step);
                 }
             }

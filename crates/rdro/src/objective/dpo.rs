@@ -6,7 +6,7 @@ use super::{class_metrics, finish, Batch, DpoConfig, LossOutput, ObjectiveError,
 use candle_core::IndexOp;
 
 fn check_pairs(labels: &[bool]) -> Result<(), ObjectiveError> {
-    if labels.len() % 2 != 0 {
+    if !labels.len().is_multiple_of(2) {
         return Err(ObjectiveError::NotPaired {
             reason: format!("got an odd number of rows ({})", labels.len()),
         });

@@ -854,12 +854,12 @@ pub fn run(
             n_clamped: metrics.n_clamped,
         };
         observer.on_step(&record);
-        if state.step % config.output.logging_steps == 0 || state.step == total_steps {
+        if state.step.is_multiple_of(config.output.logging_steps) || state.step == total_steps {
             append_jsonl(&metrics_path, "train", &record)?;
         }
         history.push(record);
         if config.output.eval_steps > 0
-            && state.step % config.output.eval_steps == 0
+            && state.step.is_multiple_of(config.output.eval_steps)
             && state.step < total_steps
         {
             if let Some(e) = evaluate(state.step)? {
@@ -885,7 +885,7 @@ pub fn run(
             });
         }
         if config.output.save_steps > 0
-            && state.step % config.output.save_steps == 0
+            && state.step.is_multiple_of(config.output.save_steps)
             && state.step < total_steps
         {
             write_checkpoint(&state, &optimizer)?;
