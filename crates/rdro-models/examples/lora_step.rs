@@ -131,6 +131,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median seconds of 5 runs of `f`, after one warm-up run.
+fn time(f: &dyn Fn() -> candle_core::Result<Tensor>) -> candle_core::Result<f64> {
+    f()?;
+    let mut v = Vec::new();
+    for _ in 0..5 {
+        let s = Instant::now();
+        f()?;
+        v.push(s.elapsed().as_secs_f64());
+    }
+    Ok(median(v))
+}
+
 /// Times `x [512, 896] · Wᵀ [896, 4864]` per quantized type: dequantize + f32 GEMM against
 /// candle's quantized matmul kernel.
 fn kernels() -> Result<(), Box<dyn std::error::Error>> {
@@ -146,16 +158,6 @@ fn kernels() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         };
         let qmm = QMatMul::from_arc(q)?;
-        let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<f64> {
-            f()?;
-            let mut v = Vec::new();
-            for _ in 0..5 {
-                let s = Instant::now();
-                f()?;
-                v.push(s.elapsed().as_secs_f64());
-            }
-            Ok(median(v))
-        };
         let deq = time(&|| layer.forward(&x))?;
         let ker = time(&|| qmm.forward(&x))?;
         let flops = 2.0 * 512.0 * 896.0 * 4864.0;
@@ -174,16 +176,6 @@ fn gemms() -> Result<(), Box<dyn std::error::Error>> {
     let mut rw = RandomWeights {
         state: 7,
         config: qwen_05b(1),
-    };
-    let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| -> candle_core::Result<f64> {
-        f()?;
-        let mut v = Vec::new();
-        for _ in 0..5 {
-            let s = Instant::now();
-            f()?;
-            v.push(s.elapsed().as_secs_f64());
-        }
-        Ok(median(v))
     };
     let w = rw.tensor(&[4864, 896], 0.03)?;
     let x = rw.tensor(&[512, 896], 1.0)?;

@@ -6,6 +6,7 @@
 
 #[path = "../../../rdro-models/tests/integration/adapters_common/mod.rs"]
 mod adapters_common;
+mod cli_common;
 mod finetune_default;
 mod finetune_interrupt;
 mod merge;

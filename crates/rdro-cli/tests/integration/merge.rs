@@ -2,40 +2,13 @@
 //! GGUF export loads, mismatches are refused unless --force, Hub ids resolve through the cache.
 
 use crate::adapters_common;
+use crate::cli_common::{rdro, text};
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use adapters_common::{fixture_batch, fixtures, listing, max_abs_diff, R};
 use rdro_lora::ForwardMode;
 use rdro_models::{load, LoadOptions, ModelSource};
-
-/// Runs `rdro` with a clean Hub environment rooted at `home`.
-fn rdro(home: &Path, envs: &[(&str, &str)], args: &[&str]) -> R<Output> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rdro"));
-    for var in [
-        "HF_TOKEN",
-        "HF_TOKEN_PATH",
-        "HF_ENDPOINT",
-        "HF_HUB_CACHE",
-        "HF_HUB_OFFLINE",
-        "XDG_CACHE_HOME",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .envs(envs.iter().copied());
-    Ok(cmd.args(args).output()?)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn logps(dir: &Path, model: &str, gguf: Option<&Path>) -> R<Vec<Vec<f32>>> {
     let (_, batch) = fixture_batch(model)?;

@@ -2,39 +2,11 @@
 //! arrives, where the token comes from, and that it is never printed.
 
 use crate::adapters_common;
-
-use std::path::Path;
-use std::process::{Command, Output};
+use crate::cli_common::{rdro, text};
 
 use adapters_common::{copy_dir, fixtures, MockHub, R};
 
 const TOKEN: &str = "hf_cli_secret_token_42";
-
-fn rdro(home: &Path, envs: &[(&str, &str)], args: &[&str]) -> R<Output> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rdro"));
-    for var in [
-        "HF_TOKEN",
-        "HF_TOKEN_PATH",
-        "HF_ENDPOINT",
-        "HF_HUB_CACHE",
-        "HF_HUB_OFFLINE",
-        "XDG_CACHE_HOME",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.env("HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .envs(envs.iter().copied());
-    Ok(cmd.args(args).output()?)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[test]
 fn dry_run_lists_files_and_sizes_without_network() -> R<()> {

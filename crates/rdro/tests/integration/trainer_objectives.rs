@@ -128,7 +128,7 @@ fn dpo_learns_from_paired_chat_rows_through_the_tokenizer() {
     let (before, after) = (accuracy(&summary.before), accuracy(&summary.after));
     eprintln!("DPO held-out pair accuracy {before} -> {after}");
     assert!(after > 0.8 && after > before + 0.2, "{before} -> {after}");
-    // Every step saw 8 pairs: one batch of 16 rows.
+    // Paired steps (8 pairs = 16 rows each) never produced a NaN or inf loss.
     assert!(rec.steps.iter().all(|s| s.loss.is_finite()));
 }
 
