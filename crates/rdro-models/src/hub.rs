@@ -174,10 +174,55 @@ impl HubOptions {
         }
     }
 
+    /// The cache folder of repository `repo_id` (`<cache>/models--owner--name` or
+    /// `<cache>/datasets--owner--name`).
+    pub fn repo_cache_dir(&self, kind: RepoKind, repo_id: &str) -> PathBuf {
+        let prefix = match kind {
+            RepoKind::Model => "models",
+            RepoKind::Dataset => "datasets",
+        };
+        self.cache_dir
+            .join(format!("{prefix}--{}", repo_id.replace('/', "--")))
+    }
+
     /// The cache folder of model repository `repo_id`.
     pub fn model_cache_dir(&self, repo_id: &str) -> PathBuf {
-        self.cache_dir
-            .join(format!("models--{}", repo_id.replace('/', "--")))
+        self.repo_cache_dir(RepoKind::Model, repo_id)
+    }
+
+    /// The cached snapshot folder of `repo_id` at `self.revision` (a branch or tag named in
+    /// `refs/`, or a full commit hash), if the cache holds one. Nothing is checked inside it.
+    pub fn cached_snapshot(&self, kind: RepoKind, repo_id: &str) -> Option<PathBuf> {
+        let repo = self.repo_cache_dir(kind, repo_id);
+        let rev = &self.revision;
+        let commit = if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
+            rev.clone()
+        } else {
+            std::fs::read_to_string(repo.join("refs").join(rev))
+                .ok()?
+                .trim()
+                .to_string()
+        };
+        let snapshot = repo.join("snapshots").join(commit);
+        snapshot.is_dir().then_some(snapshot)
+    }
+}
+
+/// The kind of a Hub repository: models and data sets share one cache, side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoKind {
+    /// A model repository.
+    Model,
+    /// A data set repository.
+    Dataset,
+}
+
+impl fmt::Display for RepoKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RepoKind::Model => "model",
+            RepoKind::Dataset => "data set",
+        })
     }
 }
 
@@ -236,17 +281,7 @@ pub fn hub_id_of_cache_path(path: &Path) -> Option<String> {
 /// The snapshot folder of `repo_id` at `options.revision` when the cache holds a complete model
 /// there: `config.json` and the weights (`model.safetensors`, or the index and every shard).
 pub fn cached_model(repo_id: &str, options: &HubOptions) -> Option<PathBuf> {
-    let repo = options.model_cache_dir(repo_id);
-    let rev = &options.revision;
-    let commit = if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
-        rev.clone()
-    } else {
-        std::fs::read_to_string(repo.join("refs").join(rev))
-            .ok()?
-            .trim()
-            .to_string()
-    };
-    let snapshot = repo.join("snapshots").join(commit);
+    let snapshot = options.cached_snapshot(RepoKind::Model, repo_id)?;
     let complete =
         snapshot.join("config.json").is_file() && crate::load::shard_files(&snapshot).is_ok();
     complete.then_some(snapshot)
@@ -257,33 +292,9 @@ pub fn cached_model(repo_id: &str, options: &HubOptions) -> Option<PathBuf> {
 /// returns the snapshot folder.
 #[cfg(feature = "hub")]
 pub fn download_model(repo_id: &str, options: &HubOptions) -> Result<PathBuf, HubError> {
-    use hf_hub::HFError;
-
-    let client = client(options)?;
-    let (owner, name) = hf_hub::split_id(repo_id);
-    let repo = client.model(owner, name);
-    let fetch =
-        |file: &str, bar: Option<&indicatif::ProgressBar>| -> Result<Option<PathBuf>, HubError> {
-            let request = repo
-                .download_file()
-                .filename(file.to_string())
-                .revision(options.revision.clone());
-            let result = match bar {
-                Some(bar) => request.progress(BarProgress(bar.clone())).send(),
-                None => request.send(),
-            };
-            match result {
-                Ok(path) => Ok(Some(path)),
-                Err(HFError::EntryNotFound { .. }) => Ok(None),
-                Err(e) => Err(HubError::Request {
-                    what: format!(
-                        "downloading {repo_id}/{file} (revision {})",
-                        options.revision
-                    ),
-                    message: e.to_string(),
-                }),
-            }
-        };
+    let fetch = |file: &str, bar: Option<&indicatif::ProgressBar>| {
+        download_file(RepoKind::Model, repo_id, file, options, bar)
+    };
     let config = fetch("config.json", None)?.ok_or_else(|| HubError::Request {
         what: format!("downloading {repo_id}/config.json"),
         message: "the repository has no config.json (is it a transformers model?)".into(),
@@ -310,6 +321,122 @@ pub fn download_model(repo_id: &str, options: &HubOptions) -> Result<PathBuf, Hu
     Ok(snapshot)
 }
 
+/// Downloads `file` of repository `repo_id` at `options.revision` into the cache and returns its
+/// path in the snapshot folder, or `None` when the repository has no such file. `bar`, when given,
+/// follows the bytes.
+#[cfg(feature = "hub")]
+pub fn download_file(
+    kind: RepoKind,
+    repo_id: &str,
+    file: &str,
+    options: &HubOptions,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<Option<PathBuf>, HubError> {
+    use hf_hub::repository::RepoType;
+    use hf_hub::{HFError, HFRepositorySync};
+
+    fn send<T: RepoType>(
+        repo: HFRepositorySync<T>,
+        file: &str,
+        revision: &str,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<PathBuf, HFError> {
+        let request = repo
+            .download_file()
+            .filename(file.to_string())
+            .revision(revision.to_string());
+        match bar {
+            Some(bar) => request.progress(BarProgress(bar.clone())).send(),
+            None => request.send(),
+        }
+    }
+
+    let client = client(options)?;
+    let (owner, name) = hf_hub::split_id(repo_id);
+    let result = match kind {
+        RepoKind::Model => send(client.model(owner, name), file, &options.revision, bar),
+        RepoKind::Dataset => send(client.dataset(owner, name), file, &options.revision, bar),
+    };
+    match result {
+        Ok(path) => Ok(Some(path)),
+        Err(HFError::EntryNotFound { .. }) => Ok(None),
+        Err(e) => Err(HubError::Request {
+            what: format!(
+                "downloading {kind} {repo_id}/{file} (revision {})",
+                options.revision
+            ),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// The paths of every file in repository `repo_id` at `options.revision`, as the Hub lists them.
+#[cfg(feature = "hub")]
+pub fn list_files(
+    kind: RepoKind,
+    repo_id: &str,
+    options: &HubOptions,
+) -> Result<Vec<String>, HubError> {
+    use hf_hub::repository::{RepoTreeEntry, RepoType};
+    use hf_hub::{HFError, HFRepositorySync};
+
+    fn send<T: RepoType>(
+        repo: HFRepositorySync<T>,
+        revision: &str,
+    ) -> Result<Vec<RepoTreeEntry>, HFError> {
+        repo.list_tree()
+            .revision(revision.to_string())
+            .recursive(true)
+            .send()
+    }
+
+    let client = client(options)?;
+    let (owner, name) = hf_hub::split_id(repo_id);
+    let entries = match kind {
+        RepoKind::Model => send(client.model(owner, name), &options.revision),
+        RepoKind::Dataset => send(client.dataset(owner, name), &options.revision),
+    }
+    .map_err(|e| HubError::Request {
+        what: format!("listing {kind} {repo_id} (revision {})", options.revision),
+        message: e.to_string(),
+    })?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|entry| match entry {
+            RepoTreeEntry::File { path, .. } => Some(path),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Downloads are not compiled in.
+#[cfg(not(feature = "hub"))]
+pub fn download_file(
+    kind: RepoKind,
+    repo_id: &str,
+    file: &str,
+    options: &HubOptions,
+    _bar: Option<&indicatif::ProgressBar>,
+) -> Result<Option<PathBuf>, HubError> {
+    Err(HubError::NoClient(format!(
+        "{kind} {repo_id}: {file} is not in the local Hub cache ({})",
+        options.repo_cache_dir(kind, repo_id).display()
+    )))
+}
+
+/// Listing is not compiled in.
+#[cfg(not(feature = "hub"))]
+pub fn list_files(
+    kind: RepoKind,
+    repo_id: &str,
+    options: &HubOptions,
+) -> Result<Vec<String>, HubError> {
+    Err(HubError::NoClient(format!(
+        "{kind} {repo_id} is not in the local Hub cache ({})",
+        options.repo_cache_dir(kind, repo_id).display()
+    )))
+}
+
 /// Downloads are not compiled in.
 #[cfg(not(feature = "hub"))]
 pub fn download_model(repo_id: &str, options: &HubOptions) -> Result<PathBuf, HubError> {
@@ -320,6 +447,7 @@ pub fn download_model(repo_id: &str, options: &HubOptions) -> Result<PathBuf, Hu
 }
 
 /// The shard file names an index lists, sorted and de-duplicated.
+#[cfg(feature = "hub")]
 fn index_shards(index: &Path) -> Result<Vec<String>, HubError> {
     Ok(crate::load::index_shard_names(index)?)
 }

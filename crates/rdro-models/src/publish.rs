@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rdro_lora::peft::{self, is_hub_id, AdapterConfig};
+use rdro_lora::peft::{self, AdapterConfig};
 
 use crate::hub::{HubError, HubOptions};
 use crate::merge::Shards;
@@ -273,7 +273,7 @@ pub fn publish(
     use hf_hub::repository::{CommitOperation, RepoTypeModel};
 
     let repo_id = options.repo_id.as_str();
-    if !is_hub_id(repo_id) {
+    if !peft::is_hub_id(repo_id) {
         return Err(HubError::Folder {
             path: PathBuf::from(repo_id),
             message: "not a repository id of the form owner/name".into(),

@@ -156,6 +156,9 @@ pub enum DataError {
     /// Hub resolution failed (not cached while offline, no Parquet files for the split, download failure).
     #[error("{0}")]
     Hub(String),
+    /// The Hub client failed (listing or downloading).
+    #[error(transparent)]
+    HubClient(#[from] rdro_models::hub::HubError),
     /// The tokenizer files could not be loaded or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

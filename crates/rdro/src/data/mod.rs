@@ -24,10 +24,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use error::{DataError, Position, RowProblem, RowSource, MAX_LISTED_PROBLEMS};
-pub use hub::{
-    cached_snapshot, dataset_files, looks_like_hub_id, model_files, path_matches_split,
-    repo_cache_dir, split_files, HubOptions, RepoKind,
-};
+pub use hub::{dataset_files, is_hub_id, model_files, path_matches_split, split_files};
+pub use rdro_models::hub::{HubOptions, RepoKind};
 pub use read::{
     read_file, read_json_text, read_jsonl_text, read_parquet, resolve, FileFormat, Record,
 };

@@ -12,7 +12,8 @@ use parquet::record::Field;
 use serde_json::{Map, Number, Value};
 
 use super::error::{DataError, RowProblem, RowSource};
-use super::hub::{self, HubOptions};
+use super::hub;
+use rdro_models::hub::HubOptions;
 
 /// One record as read: where it is, and its value or why it has none.
 pub type Record = (RowSource, Result<Value, RowProblem>);
@@ -74,7 +75,7 @@ pub fn resolve(
     if path.is_dir() {
         return hub::split_files(path, split);
     }
-    if hub::looks_like_hub_id(spec) && FileFormat::from_path(path).is_none() {
+    if hub::is_hub_id(spec) && FileFormat::from_path(path).is_none() {
         return hub::dataset_files(spec, split, hub_options);
     }
     Err(DataError::NotFound(format!(

@@ -8,8 +8,9 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::Tokenizer;
 
 use super::error::DataError;
-use super::hub::{self, HubOptions};
+use super::hub;
 use super::template::TemplateTokens;
+use rdro_models::hub::HubOptions;
 
 /// Tokens that close a chat turn in the templates of the supported families (and a few others).
 const END_OF_TURN_TOKENS: [&str; 8] = [
@@ -122,7 +123,7 @@ impl TokenizerBundle {
             };
             return Err(DataError::Tokenizer(format!("{spec}{hint}")));
         }
-        if hub::looks_like_hub_id(spec) {
+        if hub::is_hub_id(spec) {
             let dir: PathBuf = hub::model_files(
                 spec,
                 &["tokenizer.json", "tokenizer_config.json"],

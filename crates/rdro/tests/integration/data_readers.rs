@@ -251,6 +251,86 @@ fn hub_ids_resolve_through_a_prefilled_cache() {
 }
 
 #[test]
+fn hub_data_sets_download_into_the_cache_then_resolve_offline() {
+    use crate::adapters_common::MockHub;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = MockHub::start(Some("hf_secret"));
+    {
+        let mut state = hub.state.lock().unwrap();
+        let repo = "datasets/acme/prefs".to_string();
+        for (path, source) in [
+            (
+                "data/train-00000-of-00001.parquet",
+                "paired_standard.parquet",
+            ),
+            (
+                "data/test-00000-of-00001.json",
+                "paired_conversational.json",
+            ),
+        ] {
+            let bytes = std::fs::read(valid(source)).unwrap();
+            state.served.insert((repo.clone(), path.to_string()), bytes);
+        }
+        state
+            .served
+            .insert((repo, "README.md".to_string()), b"# prefs\n".to_vec());
+    }
+    let online = HubOptions {
+        cache_dir: tmp.path().join("hub"),
+        endpoint: hub.url.clone(),
+        token: Some("hf_secret".into()),
+        token_file: tmp.path().join("token"),
+        offline: false,
+        revision: "main".into(),
+    };
+
+    let train = load_dataset("acme/prefs", "train", false, &online).unwrap();
+    assert_eq!(train.kind, RowKind::Paired);
+    assert_eq!(train.rows.len(), 3);
+    let cached = online.repo_cache_dir(rdro::data::RepoKind::Dataset, "acme/prefs");
+    assert!(
+        Path::new(&*train.files[0]).starts_with(&cached),
+        "{:?}",
+        train.files
+    );
+    {
+        let state = hub.state.lock().unwrap();
+        let paths: Vec<&str> = state.requests.iter().map(|r| r.path.as_str()).collect();
+        // The tree is listed and only the split's file fetched, with the token (the server
+        // refuses requests without it).
+        assert!(paths.iter().any(|p| p.contains("/tree/")), "{paths:?}");
+        assert!(!paths.iter().any(|p| p.contains("test-00000")), "{paths:?}");
+    }
+    // A split the cache does not hold yet is fetched on demand.
+    let test = load_dataset("acme/prefs", "test", false, &online).unwrap();
+    assert_eq!(test.rows.len(), 2);
+    let err = load_dataset("acme/prefs", "validation", false, &online).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has no Parquet, JSONL or JSON file for split \"validation\""),
+        "{err}"
+    );
+
+    // Offline, with the server gone, the cache answers alone.
+    hub.stop();
+    let offline = HubOptions {
+        offline: true,
+        ..online.clone()
+    };
+    let again = load_dataset("acme/prefs", "train", false, &offline).unwrap();
+    assert_eq!(again.rows, train.rows);
+    let err = load_dataset("acme/prefs", "validation", false, &offline).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no data file belongs to split \"validation\""),
+        "{err}"
+    );
+    let err = load_dataset("acme/other", "train", false, &offline).unwrap_err();
+    assert!(err.to_string().contains("HF_HUB_OFFLINE"), "{err}");
+}
+
+#[test]
 fn local_folders_are_read_like_hub_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = fake_hub_cache(tmp.path());

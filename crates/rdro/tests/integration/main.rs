@@ -4,6 +4,8 @@
 //! candle, so one link instead of many saves minutes and gigabytes. Run one module with
 //! `cargo test -p rdro --test integration <module>::`.
 
+#[path = "../../../rdro-models/tests/integration/adapters_common/mod.rs"]
+mod adapters_common;
 mod configs;
 mod data_golden;
 mod data_malformed;

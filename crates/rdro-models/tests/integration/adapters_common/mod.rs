@@ -128,7 +128,8 @@ pub struct HubState {
     pub created: Vec<(String, bool)>,
     /// Commits received.
     pub commits: Vec<Commit>,
-    /// Files served for downloads: (`owner/name`, path) -> content.
+    /// Files served for downloads: (`owner/name`, path) -> content; data set files under
+    /// `datasets/owner/name`.
     pub served: BTreeMap<(String, String), Vec<u8>>,
     /// Paths the preupload endpoint reported as LFS.
     pub preupload_lfs: BTreeSet<String>,
@@ -501,8 +502,33 @@ fn serve(mut stream: TcpStream, state: &Arc<Mutex<HubState>>, base: &str) -> std
             }
             json_response(&mut stream, 200, body)
         }
-        (m @ ("GET" | "HEAD"), [owner, name, "resolve", _rev, rest @ ..]) => {
-            let id = format!("{owner}/{name}");
+        ("GET", ["api", "datasets", owner, name, "tree", _rev]) => {
+            let id = format!("datasets/{owner}/{name}");
+            let files: Vec<serde_json::Value> = st
+                .served
+                .iter()
+                .filter(|((repo, _), _)| *repo == id)
+                .map(|((_, path), bytes)| {
+                    serde_json::json!({
+                        "type": "file",
+                        "oid": format!("{:040x}", fnv(bytes)),
+                        "size": bytes.len(),
+                        "path": path,
+                    })
+                })
+                .collect();
+            drop(st);
+            json_response(&mut stream, 200, serde_json::json!(files))
+        }
+        (m @ ("GET" | "HEAD"), [owner, name, "resolve", _rev, rest @ ..])
+        | (m @ ("GET" | "HEAD"), ["datasets", owner, name, "resolve", _rev, rest @ ..]) => {
+            // Data set files are served under `datasets/owner/name`, model files under `owner/name`.
+            let id = match seg.first() {
+                Some(&"datasets") if seg.get(3) == Some(&"resolve") => {
+                    format!("datasets/{owner}/{name}")
+                }
+                _ => format!("{owner}/{name}"),
+            };
             let file = rest.join("/");
             let content = st.served.get(&(id, file)).cloned();
             drop(st);
