@@ -1,7 +1,7 @@
 //! The paper's central claim in miniature: on data whose preferred completions lie where
 //! non-preferred ones never occur (the generated task: even against odd token ids), DDRO's log-ratio
 //! on preferred samples keeps growing, while RDRO's mean preferred log-ratio settles near its bound
-//! log(1/alpha); and at a learning rate where RDRO trains stably, DDRO's gradients explode.
+//! log(1/alpha).
 //!
 //! What is not asserted, and why: that DDRO's gradient norm keeps *growing* in a stable run. In the
 //! logistic form of METHOD.md, DDRO's preferred-sample loss gradient is -sigmoid(-T): it always
@@ -9,9 +9,10 @@
 //! norm falls with it (measured: from ~0.8 to ~0.003 over 300 steps at lr 1e-2; the same fall at
 //! learning rates 1e-3 to 2e-2, completions of 3 to 16 tokens, 24 to 512 prompts and 1 or 4
 //! completions per prompt; flat, not growing, when 8 or 14 one-token completions per prompt compete
-//! for probability mass). The divergence shows instead as instability: at lr 3e-2 DDRO's gradient
-//! norm spikes by orders of magnitude (to 45-9700 in 5 of 6 seeds tried, 0 to 5) while RDRO's stays
-//! within its early range in every seed.
+//! for probability mass). Nor do exploding gradients separate the two here: at lr 3e-2 both turn
+//! unstable in some seeds (gradient-norm spikes of 10-80x their early level: DDRO in 4 of 8 seeds
+//! and RDRO in 2 of 8, seeds 0 to 7), and which seeds do changes with float-level differences in
+//! the kernels, so no such test would be meaningful.
 //!
 //! Both runs' gradient norms are printed (`-- --nocapture`).
 
@@ -84,36 +85,4 @@ fn ddro_diverges_where_rdro_settles_near_log_one_over_alpha() {
         "DDRO preferred T stopped growing: {mid} -> {end}"
     );
     assert!(end > 2.0 * last);
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
-}
-
-#[test]
-fn ddro_gradients_explode_at_a_learning_rate_where_rdro_is_stable() {
-    let mut explosions = 0;
-    for seed in ["train.seed=0", "train.seed=1", "train.seed=2"] {
-        let (_, rdro, _) = train("rdro", &["train.lr=3e-2", seed]);
-        let (_, ddro, _) = train("ddro", &["train.lr=3e-2", seed]);
-        // Early = the first tenth of the run, later = the rest.
-        let early = rdro.len() / 10;
-        let (rdro_early, rdro_later) = (max(&rdro[..early]), max(&rdro[early..]));
-        let (ddro_early, ddro_later) = (max(&ddro[..early]), max(&ddro[early..]));
-        eprintln!(
-            "{seed}: largest grad norm early / later: rdro {rdro_early:.2} / {rdro_later:.2}, \
-             ddro {ddro_early:.2} / {ddro_later:.2}"
-        );
-        assert!(
-            rdro_later < 3.0 * rdro_early,
-            "{seed}: RDRO's gradient norm grew from {rdro_early} to {rdro_later}"
-        );
-        if ddro_later > 10.0 * rdro_later && ddro_later > 10.0 * ddro_early {
-            explosions += 1;
-        }
-    }
-    assert!(
-        explosions >= 2,
-        "DDRO's gradients exploded in {explosions} of 3 seeds"
-    );
 }
