@@ -29,6 +29,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    rdro_models::memory::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Finetune(args) => commands::finetune::run(args),

@@ -5,6 +5,7 @@
 //! `cargo run --release -p rdro-models --example lora_step -- [--quant q8_0] [--checkpointing]
 //! [--seq 512] [--steps 3] [--layers 24]` prints one JSON line; `--kernels` instead times the
 //! two ways of running a quantized frozen linear at training sizes, and `--gemm` the f32 GEMM speed.
+//! `--system-malloc` leaves the allocator's defaults alone (see `rdro_models::memory`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -204,6 +205,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layers: usize = arg(&args, "--layers", 24);
     let quant: QuantType = arg(&args, "--quant", "none".to_string()).parse()?;
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
+    // As the `rdro` binary does; `--system-malloc` keeps glibc's defaults, for comparison.
+    let retained =
+        !args.iter().any(|a| a == "--system-malloc") && rdro_models::memory::retain_freed_memory();
 
     let config = qwen_05b(layers);
     let mut weights = RandomWeights {
@@ -243,7 +247,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let t = median(times);
     println!(
-        "{{\"impl\":\"rdro\",\"quant\":\"{quant}\",\"checkpointing\":{checkpointing},\"seq\":{seq},\"layers\":{layers},\"step_s_median\":{t:.4},\"tokens_per_s\":{:.3},\"peak_rss_mb\":{:.1}}}",
+        "{{\"impl\":\"rdro\",\"quant\":\"{quant}\",\"checkpointing\":{checkpointing},\"seq\":{seq},\"layers\":{layers},\"retain_freed_memory\":{retained},\"step_s_median\":{t:.4},\"tokens_per_s\":{:.3},\"peak_rss_mb\":{:.1}}}",
         seq as f64 / t,
         peak_rss_mb()
     );

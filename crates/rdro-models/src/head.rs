@@ -111,5 +111,8 @@ pub fn chunk_rows_for(vocab_size: usize, bytes: usize) -> usize {
     (bytes / (vocab_size.max(1) * 4)).max(1)
 }
 
-/// Default budget for one chunk of logits: 64 MiB.
-pub const DEFAULT_LOGITS_BYTES: usize = 64 << 20;
+/// Default budget for one chunk of logits: 128 MiB. Every chunk streams the whole vocabulary
+/// projection through the cache, so fewer, larger chunks are faster: on a Qwen2.5-0.5B-shaped step
+/// (vocabulary 151,936, 384 target positions) 128 MiB took ~0.4-0.7 s less than 64 MiB for ~190 MB
+/// more peak memory; 256 MiB gained nothing more.
+pub const DEFAULT_LOGITS_BYTES: usize = 128 << 20;

@@ -16,6 +16,7 @@ pub mod head;
 pub mod hub;
 pub mod llama;
 pub mod load;
+pub mod memory;
 pub mod merge;
 pub mod ops;
 pub mod publish;

@@ -8,7 +8,7 @@ use rdro_lora::peft::AdapterTensors;
 use rdro_lora::{ForwardMode, FrozenWeight, LoraAdapter, LoraConfig, LoraLinear};
 
 use crate::head::{chunk_rows_for, target_log_probs, DEFAULT_LOGITS_BYTES};
-use crate::ops::{rms_norm, rope, softmax_last_dim};
+use crate::ops::{rms_norm, rope, softmax_last_dim, swiglu};
 use crate::{Batch, ModelConfig, ModelError, Result, TokenLogProbs};
 
 /// Self-attention with grouped-query heads.
@@ -123,9 +123,9 @@ impl DecoderLayer {
         let x = (x + self.attention(&h, config, ctx)?)?;
         let h = rms_norm(&x, &self.post_attention_layernorm, eps)?;
         let mlp = &self.mlp;
-        let gate = mlp.gate_proj.forward(&h, ctx.mode)?.silu()?;
+        let gate = mlp.gate_proj.forward(&h, ctx.mode)?;
         let up = mlp.up_proj.forward(&h, ctx.mode)?;
-        x + mlp.down_proj.forward(&(gate * up)?, ctx.mode)?
+        x + mlp.down_proj.forward(&swiglu(&gate, &up)?, ctx.mode)?
     }
 
     fn attention(&self, x: &Tensor, config: &ModelConfig, ctx: &ForwardContext) -> CResult<Tensor> {
