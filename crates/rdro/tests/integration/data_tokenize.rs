@@ -318,3 +318,47 @@ fn a_token_merging_across_the_boundary_goes_to_the_completion() {
     assert_eq!(chosen.completion_ids, ids("<unk> </s>"));
     assert_eq!(rejected.completion_ids, ids("is green </s>"));
 }
+
+#[test]
+fn tokenizers_of_hub_models_download_into_the_cache_then_load_offline() {
+    use crate::adapters_common::MockHub;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let files = tmp.path().join("files");
+    write_word_level(&files, &WORDS, json!({}));
+    let hub = MockHub::start(None);
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        let bytes = std::fs::read(files.join(name)).unwrap();
+        hub.state
+            .lock()
+            .unwrap()
+            .served
+            .insert(("acme/tiny".to_string(), name.to_string()), bytes);
+    }
+    let online = HubOptions {
+        cache_dir: tmp.path().join("hub"),
+        endpoint: hub.url.clone(),
+        token: None,
+        token_file: tmp.path().join("token"),
+        offline: false,
+        revision: "main".into(),
+    };
+    let bundle = TokenizerBundle::from_pretrained("acme/tiny", &online).unwrap();
+    assert_eq!(
+        bundle.encode("sky is blue", false).unwrap(),
+        vec![id("sky"), id("is"), id("blue")]
+    );
+    // A model without tokenizer files names the missing file.
+    let err = TokenizerBundle::from_pretrained("acme/empty", &online).unwrap_err();
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+
+    hub.stop();
+    let offline = HubOptions {
+        offline: true,
+        ..online
+    };
+    let again = TokenizerBundle::from_pretrained("acme/tiny", &offline).unwrap();
+    assert_eq!(again.eos_token_id(), bundle.eos_token_id());
+    let err = TokenizerBundle::from_pretrained("acme/other", &offline).unwrap_err();
+    assert!(err.to_string().contains("HF_HUB_OFFLINE"), "{err}");
+}
