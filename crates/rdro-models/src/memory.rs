@@ -21,7 +21,9 @@ pub fn retain_freed_memory() -> bool {
         // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-                && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+                // -1 turns trimming off altogether (mallopt(3)); any positive value caps at
+                // 2 GiB, less than one step's activations on a 0.5B model, which then go back.
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, -1) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
