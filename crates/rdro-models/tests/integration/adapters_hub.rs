@@ -11,14 +11,7 @@ use rdro_models::merge::{merge_adapter, MergeDType, MergeOptions};
 use rdro_models::ModelSource;
 
 fn options(cache: &Path, endpoint: &str, offline: bool) -> HubOptions {
-    HubOptions {
-        cache_dir: cache.to_path_buf(),
-        endpoint: endpoint.to_string(),
-        token: None,
-        token_file: cache.join("token"),
-        offline,
-        revision: "main".into(),
-    }
+    adapters_common::local_hub_options(cache, endpoint, None, offline)
 }
 
 #[test]

@@ -48,17 +48,13 @@ pub(crate) const DATA_EXTENSIONS: [&str; 3] = ["parquet", "jsonl", "json"];
 pub fn split_files(root: &Path, split: &str) -> Result<Vec<PathBuf>, DataError> {
     let mut all = Vec::new();
     walk(root, &mut all, 0).map_err(|e| DataError::io(root, e))?;
-    all.sort();
-    for ext in DATA_EXTENSIONS {
-        let matching: Vec<PathBuf> = all
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == ext))
-            .filter(|p| path_matches_split(p.strip_prefix(root).unwrap_or(p), split))
-            .cloned()
-            .collect();
-        if !matching.is_empty() {
-            return Ok(matching);
-        }
+    let relative: Vec<&Path> = all
+        .iter()
+        .map(|p| p.strip_prefix(root).unwrap_or(p))
+        .collect();
+    let matching = files_of_split(&relative, split);
+    if !matching.is_empty() {
+        return Ok(matching.into_iter().map(|p| root.join(p)).collect());
     }
     let data: Vec<String> = all
         .iter()
@@ -81,6 +77,25 @@ pub fn split_files(root: &Path, split: &str) -> Result<Vec<PathBuf>, DataError> 
             data.join(", ")
         )
     }))
+}
+
+/// The paths (relative to a repository root) holding `split`, sorted, in the first of
+/// [`DATA_EXTENSIONS`] that has any; empty when none does.
+fn files_of_split<'a>(paths: &[&'a Path], split: &str) -> Vec<&'a Path> {
+    DATA_EXTENSIONS
+        .iter()
+        .map(|ext| {
+            let mut matching: Vec<&Path> = paths
+                .iter()
+                .copied()
+                .filter(|p| p.extension().is_some_and(|e| e == *ext))
+                .filter(|p| path_matches_split(p, split))
+                .collect();
+            matching.sort();
+            matching
+        })
+        .find(|matching| !matching.is_empty())
+        .unwrap_or_default()
 }
 
 /// How deep [`walk`] descends (it follows symlinks, so a link loop must end somewhere).
@@ -130,28 +145,19 @@ pub fn dataset_files(
             options.repo_cache_dir(RepoKind::Dataset, repo_id).display()
         )));
     }
-    let paths = list_files(RepoKind::Dataset, repo_id, options)?;
-    let chosen = DATA_EXTENSIONS
-        .iter()
-        .map(|ext| {
-            let mut matching: Vec<&String> = paths
-                .iter()
-                .filter(|p| p.ends_with(&format!(".{ext}")))
-                .filter(|p| path_matches_split(Path::new(p), split))
-                .collect();
-            matching.sort();
-            matching
-        })
-        .find(|matching| !matching.is_empty())
-        .ok_or_else(|| {
-            DataError::Hub(format!(
-                "data set {repo_id} has no Parquet, JSONL or JSON file for split {split:?}"
-            ))
-        })?;
+    let listed = list_files(RepoKind::Dataset, repo_id, options)?;
+    let paths: Vec<&Path> = listed.iter().map(Path::new).collect();
+    let chosen = files_of_split(&paths, split);
+    if chosen.is_empty() {
+        return Err(DataError::Hub(format!(
+            "data set {repo_id} has no Parquet, JSONL or JSON file for split {split:?}"
+        )));
+    }
     chosen
         .into_iter()
         .map(|file| {
-            download_file(RepoKind::Dataset, repo_id, file, options, None)?.ok_or_else(|| {
+            let file = file.to_string_lossy();
+            download_file(RepoKind::Dataset, repo_id, &file, options, None)?.ok_or_else(|| {
                 DataError::Hub(format!(
                     "data set {repo_id}: {file} is listed but cannot be downloaded"
                 ))

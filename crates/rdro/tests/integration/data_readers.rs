@@ -276,14 +276,12 @@ fn hub_data_sets_download_into_the_cache_then_resolve_offline() {
             .served
             .insert((repo, "README.md".to_string()), b"# prefs\n".to_vec());
     }
-    let online = HubOptions {
-        cache_dir: tmp.path().join("hub"),
-        endpoint: hub.url.clone(),
-        token: Some("hf_secret".into()),
-        token_file: tmp.path().join("token"),
-        offline: false,
-        revision: "main".into(),
-    };
+    let online = crate::adapters_common::local_hub_options(
+        &tmp.path().join("hub"),
+        &hub.url,
+        Some("hf_secret"),
+        false,
+    );
 
     let train = load_dataset("acme/prefs", "train", false, &online).unwrap();
     assert_eq!(train.kind, RowKind::Paired);

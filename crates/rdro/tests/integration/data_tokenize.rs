@@ -335,14 +335,8 @@ fn tokenizers_of_hub_models_download_into_the_cache_then_load_offline() {
             .served
             .insert(("acme/tiny".to_string(), name.to_string()), bytes);
     }
-    let online = HubOptions {
-        cache_dir: tmp.path().join("hub"),
-        endpoint: hub.url.clone(),
-        token: None,
-        token_file: tmp.path().join("token"),
-        offline: false,
-        revision: "main".into(),
-    };
+    let online =
+        crate::adapters_common::local_hub_options(&tmp.path().join("hub"), &hub.url, None, false);
     let bundle = TokenizerBundle::from_pretrained("acme/tiny", &online).unwrap();
     assert_eq!(
         bundle.encode("sky is blue", false).unwrap(),

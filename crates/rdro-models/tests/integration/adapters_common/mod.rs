@@ -82,6 +82,24 @@ pub fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Hub options for tests: cache in `cache` (token file beside it), server at `endpoint`, nothing
+/// read from the environment.
+pub fn local_hub_options(
+    cache: &Path,
+    endpoint: &str,
+    token: Option<&str>,
+    offline: bool,
+) -> rdro_models::hub::HubOptions {
+    rdro_models::hub::HubOptions {
+        cache_dir: cache.to_path_buf(),
+        endpoint: endpoint.to_string(),
+        token: token.map(str::to_string),
+        token_file: cache.join("token"),
+        offline,
+        revision: "main".into(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mock Hub
 // ---------------------------------------------------------------------------------------------
